@@ -1,0 +1,81 @@
+//! `oknek`: the command-line interface to oknek.
+//!
+//! Offline commands (rules, simulate, keys, verify, events) work on files; daemon commands talk to
+//! oknekd over its control socket in the runtime directory.
+
+mod cli;
+mod evidence_cmd;
+mod rules_cmd;
+
+use std::process::ExitCode;
+
+use cli::{CliError, Global};
+
+const USAGE: &str = "\
+oknek — the security line for AI agents on this host
+
+Usage: oknek [--runtime-dir DIR] <command> [options]
+
+Rules:
+  rules check [DIR]        Lint a rule set; exit 1 with file:line:column messages
+  rules test [DIR]         Run the rule set's fixtures and print a pass/fail table
+  rules list [DIR]         List rules by kind, action and kernel-enforceability
+  simulate                 Replay recorded events through the rules (see simulate --help)
+
+Evidence:
+  keygen                   Create this host's Ed25519 evidence key
+  key show                 Print the public key and its fingerprint
+  verify                   Check signatures, the hash chain and the signed head
+  events                   Query recorded evidence bundles (--json, --follow)
+
+Global options:
+  --runtime-dir DIR        Where oknekd's sockets live [default: /run/oknek]
+  -h, --help               Show help (also after any command: oknek rules --help)
+  -V, --version            Show the version
+
+Run `oknek <command> --help` for a command's options.
+";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => err.report(),
+    }
+}
+
+fn run() -> Result<ExitCode, CliError> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut global = Global::default();
+    loop {
+        match parser.next()? {
+            Some(Long("runtime-dir")) => global.runtime_dir = parser.value()?.into(),
+            Some(Short('h') | Long("help")) => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Short('V') | Long("version")) => {
+                println!("oknek {}", env!("CARGO_PKG_VERSION"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Value(cmd)) => {
+                let cmd = cmd.string()?;
+                return match cmd.as_str() {
+                    "rules" => rules_cmd::rules(&mut parser, &global),
+                    "simulate" => rules_cmd::simulate(&mut parser, &global),
+                    "keygen" | "key" | "verify" | "events" => {
+                        evidence_cmd::main(&cmd, &mut parser, &global)
+                    }
+                    other => Err(CliError::usage(format!(
+                        "unknown command {other:?}; run `oknek --help` for the list"
+                    ))),
+                };
+            }
+            Some(arg) => return Err(arg.unexpected().into()),
+            None => {
+                eprint!("{USAGE}");
+                return Err(CliError::usage("a command is required"));
+            }
+        }
+    }
+}
