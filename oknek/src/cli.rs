@@ -48,6 +48,14 @@ impl CliError {
     }
 }
 
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(msg) | CliError::Failed(msg) => f.write_str(msg),
+        }
+    }
+}
+
 impl From<lexopt::Error> for CliError {
     fn from(err: lexopt::Error) -> CliError {
         CliError::Usage(format!("{err} (see --help)"))

@@ -4,8 +4,11 @@
 //! oknekd over its control socket in the runtime directory.
 
 mod cli;
+mod daemon_cmd;
 mod evidence_cmd;
 mod rules_cmd;
+mod run_cmd;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -27,6 +30,17 @@ Evidence:
   key show                 Print the public key and its fingerprint
   verify                   Check signatures, the hash chain and the signed head
   events                   Query recorded evidence bundles (--json, --follow)
+
+Agents:
+  run [--agent NAME] -- CMD  Launch CMD as an agent under seccomp + Landlock, judged by oknekd
+
+Daemon (over <runtime-dir>/control.sock; root or the control group):
+  status                   Tiers armed, agents, rule-set digest, counters
+  reload                   Reload rules and config; a broken set is rejected, the old one stays
+  agents                   Declared agents and launched agent trees
+  doctor                   What this kernel offers per action kind, and which tier is used
+  allow PID | block PID    Release or kill an agent process held by a `hold: true` rule
+  unblock AGENT            Clear a permanent block of an agent
 
 Global options:
   --runtime-dir DIR        Where oknekd's sockets live [default: /run/oknek]
@@ -63,6 +77,10 @@ fn run() -> Result<ExitCode, CliError> {
                 return match cmd.as_str() {
                     "rules" => rules_cmd::rules(&mut parser, &global),
                     "simulate" => rules_cmd::simulate(&mut parser, &global),
+                    "run" => run_cmd::run(&mut parser, &global),
+                    "status" | "reload" | "agents" | "doctor" | "allow" | "block" | "unblock" => {
+                        daemon_cmd::main(&cmd, &mut parser, &global)
+                    }
                     "keygen" | "key" | "verify" | "events" => {
                         evidence_cmd::main(&cmd, &mut parser, &global)
                     }

@@ -1,0 +1,820 @@
+//! The decision point every tier calls: agent membership, the rule engine, evidence, holds.
+//!
+//! A tier hands over what a process is about to do; the judge finds out whether the process is an
+//! agent (non-agents are allowed at once and cost nothing more), builds the [`Event`], evaluates
+//! it, writes one signed bundle per fired rule, counts it into the agent's baseline, and returns
+//! the verdict. Blocks with `hold: true` also stop the process until an operator decides.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oknek_engine::{Decision, EvalContext, QuotaLedger, RuleSet};
+use oknek_event::{Action, Event, Field, Mechanism, SockAddr, Timestamp, Verdict};
+use oknek_evidence::{Firing, Store, StoreConfig};
+use oknek_protocol::{Header, Request as Frame};
+use serde_json::{Value, json};
+
+use crate::agents::{Agents, ProcKey};
+use crate::config::{Config, TierSwitch};
+use crate::control::{Request, Response};
+use crate::hook::Received;
+use crate::kernel::{self, KernelFacts};
+use crate::{notice, procinfo, warn};
+
+/// Rule id of bundles written for processes of a quarantined agent.
+pub const QUARANTINE_RULE: &str = "oknek.quarantine";
+/// Rule ids of operator decisions on held processes.
+pub const OPERATOR_ALLOW_RULE: &str = "oknek.operator.allow";
+pub const OPERATOR_BLOCK_RULE: &str = "oknek.operator.block";
+/// Rule id of a refusal to open a fanotify-protected object through seccomp emulation.
+pub const PROTECTED_OBJECT_RULE: &str = "oknek.protected_object";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error("rules in {dir}: {errors}")]
+    Rules { dir: PathBuf, errors: String },
+    #[error("evidence store in {dir}: {source}")]
+    Evidence {
+        dir: PathBuf,
+        source: oknek_evidence::Error,
+    },
+}
+
+/// A process stopped by a `hold: true` rule, waiting for `oknek allow` or `oknek block`.
+#[derive(Debug, Clone)]
+struct Hold {
+    key: ProcKey,
+    event: Event,
+    rule_id: String,
+    since: Timestamp,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Counters {
+    pub events: u64,
+    pub allowed: u64,
+    pub warned: u64,
+    pub blocked: u64,
+    pub non_agent: u64,
+    pub bundles: u64,
+    pub evidence_errors: u64,
+    pub dropped_frames: u64,
+}
+
+/// Which tiers are armed, by name, for `status` and `doctor`.
+pub type Armed = BTreeMap<&'static str, bool>;
+
+pub struct Judge {
+    rules: Arc<RuleSet>,
+    quotas: QuotaLedger,
+    store: Store,
+    pub agents: Agents,
+    holds: HashMap<u32, Hold>,
+    quarantined: HashSet<String>,
+    quarantine_file: PathBuf,
+    pub counters: Counters,
+    pub armed: Armed,
+    tiers: crate::config::Tiers,
+    started: Instant,
+}
+
+fn load_rules(dir: &Path) -> Result<RuleSet, JudgeError> {
+    RuleSet::load_dir(dir).map_err(|errors| JudgeError::Rules {
+        dir: dir.to_owned(),
+        errors: errors.to_string(),
+    })
+}
+
+/// `oknekd --check`: loads the rules and opens nothing else.
+pub fn check(config: &Config) -> Result<String, JudgeError> {
+    let rules = load_rules(&config.paths.rules_dir)?;
+    Ok(format!(
+        "{} rules in {} files from {}, digest {}; {} agents declared",
+        rules.len(),
+        rules.files().len(),
+        config.paths.rules_dir.display(),
+        rules.digest(),
+        config.agents.len()
+    ))
+}
+
+impl Judge {
+    pub fn new(config: &Config) -> Result<Judge, JudgeError> {
+        let rules = load_rules(&config.paths.rules_dir)?;
+        let state = &config.paths.state_dir;
+        // The daemon creates the host key on first start (install normally does it first).
+        let mut store_config = StoreConfig::new(state);
+        store_config.create_key = true;
+        let store = Store::open(store_config).map_err(|source| JudgeError::Evidence {
+            dir: state.clone(),
+            source,
+        })?;
+        let quarantine_file = state.join("quarantine.json");
+        let quarantined = std::fs::read(&quarantine_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        Ok(Judge {
+            rules: Arc::new(rules),
+            quotas: QuotaLedger::new(),
+            store,
+            agents: Agents::new(config.agents.clone()),
+            holds: HashMap::new(),
+            quarantined,
+            quarantine_file,
+            counters: Counters::default(),
+            armed: Armed::new(),
+            tiers: config.tiers,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Builds the new rule set completely, then swaps it in. On error nothing changes.
+    pub fn reload(&mut self, config: &Config) -> Result<String, String> {
+        let rules = RuleSet::load_dir(&config.paths.rules_dir).map_err(|e| e.to_string())?;
+        self.quotas.retain_for(&rules);
+        self.rules = Arc::new(rules);
+        self.agents.replace_specs(config.agents.clone());
+        self.tiers = config.tiers;
+        Ok(self.status_line())
+    }
+
+    pub fn status_line(&self) -> String {
+        let armed: Vec<&str> = self
+            .armed
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(n, _)| *n)
+            .collect();
+        format!(
+            "{} rules ({}), tiers: {}, {} agents declared, {} events judged",
+            self.rules.len(),
+            short_digest(self.rules.digest()),
+            if armed.is_empty() {
+                "none".to_owned()
+            } else {
+                armed.join(" ")
+            },
+            self.agents.declared().len(),
+            self.counters.events
+        )
+    }
+
+    /// Judges one event of an agent process and records the outcome.
+    pub fn decide(&mut self, event: &Event) -> Verdict {
+        self.counters.events += 1;
+        let agent = event.agent().unwrap_or_default().to_owned();
+        let (verdict, decision) = if self.quarantined.contains(&agent) {
+            self.record_synthetic(
+                event,
+                QUARANTINE_RULE,
+                Verdict::Block,
+                "agent is blocked by an operator",
+            );
+            (Verdict::Block, None)
+        } else {
+            let rules = Arc::clone(&self.rules);
+            let decision = {
+                let mut ctx = EvalContext::new(&mut self.quotas, self.store.baseline());
+                rules.evaluate(event, &mut ctx)
+            };
+            self.record(event, &rules, &decision);
+            (decision.verdict, Some(decision))
+        };
+        self.store.observe(event);
+        match verdict {
+            Verdict::Allow => self.counters.allowed += 1,
+            Verdict::Warn => self.counters.warned += 1,
+            Verdict::Block => self.counters.blocked += 1,
+        }
+        if let Some(decision) = decision.filter(Decision::hold) {
+            self.hold(event, &decision);
+        }
+        verdict
+    }
+
+    fn record(&mut self, event: &Event, rules: &RuleSet, decision: &Decision) {
+        for fired in &decision.fired {
+            let extra = fired.quota.as_ref().map(|q| {
+                let mut m = serde_json::Map::new();
+                m.insert(
+                    "quota".to_owned(),
+                    serde_json::to_value(q).unwrap_or(Value::Null),
+                );
+                m
+            });
+            let firing = Firing {
+                event,
+                rule_id: &fired.rule_id,
+                rule_title: Some(&fired.title),
+                verdict: fired.action,
+                rule_set_digest: rules.digest(),
+                capture: &fired.capture,
+                extra: extra.as_ref(),
+            };
+            self.append(&firing);
+            if fired.action == Verdict::Warn {
+                notice!(
+                    "oknekd: warn: rule {} ({}) agent {} pid {}",
+                    fired.rule_id,
+                    fired.title,
+                    event.agent().unwrap_or("?"),
+                    event.process.pid
+                );
+            }
+        }
+    }
+
+    pub fn record_synthetic(&mut self, event: &Event, rule_id: &str, verdict: Verdict, why: &str) {
+        let mut extra = serde_json::Map::new();
+        extra.insert("reason".to_owned(), why.into());
+        let capture: Vec<Field> = oknek_engine::default_capture(event.kind()).to_vec();
+        let digest = self.rules.digest().to_owned();
+        self.append(&Firing {
+            event,
+            rule_id,
+            rule_title: Some(why),
+            verdict,
+            rule_set_digest: &digest,
+            capture: &capture,
+            extra: Some(&extra),
+        });
+    }
+
+    fn append(&mut self, firing: &Firing<'_>) {
+        match self.store.append(firing) {
+            Ok(_) => self.counters.bundles += 1,
+            Err(e) => {
+                self.counters.evidence_errors += 1;
+                warn!(
+                    "oknekd: evidence not written for rule {}: {e}",
+                    firing.rule_id
+                );
+            }
+        }
+    }
+
+    fn hold(&mut self, event: &Event, decision: &Decision) {
+        let pid = event.process.pid;
+        let Ok(key) = ProcKey::of(pid) else { return };
+        // SAFETY: kill has no memory effects; the pid was just confirmed to exist.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        let rule_id = decision
+            .deciding_rule()
+            .map_or_else(String::new, |f| f.rule_id.to_string());
+        notice!(
+            "oknekd: holding pid {pid} after rule {rule_id}; release with `oknek allow {pid}` or kill with `oknek block {pid}`"
+        );
+        self.holds.insert(
+            pid,
+            Hold {
+                key,
+                event: event.clone(),
+                rule_id,
+                since: event.time,
+            },
+        );
+    }
+
+    /// Flushes the evidence batch when its deadline passed.
+    pub fn flush_if_due(&mut self) {
+        if let Err(e) = self.store.flush_due(Instant::now()) {
+            self.counters.evidence_errors += 1;
+            warn!("oknekd: evidence flush: {e}");
+        }
+    }
+
+    /// How long until the open evidence batch must be committed.
+    pub fn flush_in(&self) -> Option<Duration> {
+        self.store
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Once a second: baseline roll-up, forgetting holds of processes that are gone.
+    pub fn periodic(&mut self) {
+        if let Err(e) = self.store.roll_up(Timestamp::now()) {
+            warn!("oknekd: baseline roll-up: {e}");
+        }
+        self.holds
+            .retain(|pid, h| ProcKey::of(*pid).is_ok_and(|k| k == h.key));
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!("oknekd: final evidence flush: {e}");
+        }
+    }
+
+    /// Handles a report or question from the preload shim; returns the errno to answer.
+    pub fn on_hook_frame(
+        &mut self,
+        header: &Header,
+        frame: &Frame<'_>,
+        from: &Received,
+        plan: &crate::plan::TierPlan,
+    ) -> i32 {
+        let _ = header;
+        let pid = from.cred.pid;
+        let Some(agent) = self.agents.agent_of(pid) else {
+            self.counters.non_agent += 1;
+            return 0;
+        };
+        let Some(mut action) = action_from_frame(pid, frame) else {
+            self.counters.dropped_frames += 1;
+            return 0;
+        };
+        // A hard link or bind path to a protected file is judged as the protected file.
+        if let Action::Open { path, .. } | Action::Exec { path, .. } = &mut action
+            && let Ok(md) = std::fs::metadata(&*path)
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Some(protected) = plan.protected_path(md.dev(), md.ino()) {
+                *path = protected.to_owned();
+            }
+        }
+        let Ok(mut process) = procinfo::identity(pid) else {
+            // The process is gone: nothing left to protect.
+            return 0;
+        };
+        process.agent = Some(agent.to_string());
+        let event = Event {
+            time: Timestamp::now(),
+            source: Mechanism::Preload,
+            process,
+            action,
+        };
+        match self.decide(&event) {
+            Verdict::Block => libc::EPERM,
+            _ => 0,
+        }
+    }
+
+    /// Serves control requests other than reload and doctor (which the loop handles).
+    pub fn control(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status {} => Response::ok(self.status()),
+            Request::Agents {} => Response::ok(self.agents_json()),
+            Request::Allow { pid } => self.operator_allow(pid),
+            Request::Block { pid } => self.operator_block(pid),
+            Request::Unblock { agent } => {
+                if self.quarantined.remove(&agent) {
+                    self.save_quarantine();
+                    Response::ok(json!({ "unblocked": agent }))
+                } else {
+                    Response::err(format!("agent {agent:?} is not blocked"))
+                }
+            }
+            Request::Reload {} | Request::Doctor {} => Response::err("handled by the loop"),
+        }
+    }
+
+    fn operator_allow(&mut self, pid: u32) -> Response {
+        let Some(hold) = self.holds.remove(&pid) else {
+            return Response::err(format!("pid {pid} is not held"));
+        };
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        let why = format!("operator released pid {pid} held by rule {}", hold.rule_id);
+        self.record_synthetic(&hold.event, OPERATOR_ALLOW_RULE, Verdict::Allow, &why);
+        notice!("oknekd: {why}");
+        Response::ok(json!({ "released": pid, "rule": hold.rule_id }))
+    }
+
+    fn operator_block(&mut self, pid: u32) -> Response {
+        let Some(hold) = self.holds.remove(&pid) else {
+            return Response::err(format!("pid {pid} is not held"));
+        };
+        let killed = kill_tree(pid);
+        let agent = hold.event.agent().unwrap_or_default().to_owned();
+        self.quarantined.insert(agent.clone());
+        self.save_quarantine();
+        let why = format!(
+            "operator killed pid {pid} and {} descendants and blocked agent {agent:?} (rule {})",
+            killed.saturating_sub(1),
+            hold.rule_id
+        );
+        self.record_synthetic(&hold.event, OPERATOR_BLOCK_RULE, Verdict::Block, &why);
+        notice!("oknekd: {why}");
+        Response::ok(json!({ "killed": killed, "blocked_agent": agent }))
+    }
+
+    fn save_quarantine(&self) {
+        let list: Vec<&String> = self.quarantined.iter().collect();
+        let tmp = self.quarantine_file.with_extension("json.tmp");
+        let body = serde_json::to_vec(&list).unwrap_or_default();
+        if let Err(e) =
+            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.quarantine_file))
+        {
+            warn!("oknekd: saving {}: {e}", self.quarantine_file.display());
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "rules": {
+                "count": self.rules.len(),
+                "files": self.rules.files(),
+                "digest": self.rules.digest(),
+            },
+            "tiers": self.armed,
+            "agents_declared": self.agents.declared().iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+            "held": self.holds.iter().map(|(pid, h)| json!({"pid": pid, "rule": h.rule_id, "since": h.since.to_string()})).collect::<Vec<_>>(),
+            "blocked_agents": self.quarantined.iter().collect::<Vec<_>>(),
+            "counters": self.counters,
+        })
+    }
+
+    fn agents_json(&mut self) -> Value {
+        let launched: Vec<Value> = self
+            .agents
+            .launched()
+            .into_iter()
+            .map(|(k, a)| json!({ "agent": &*a, "root_pid": k.pid }))
+            .collect();
+        json!({
+            "declared": self.agents.declared().iter().map(|a| json!({
+                "name": a.name, "exe": a.exe, "exe_sha256": a.exe_sha256,
+                "unit": a.unit, "cgroup": a.cgroup, "uid": a.uid,
+            })).collect::<Vec<_>>(),
+            "launched": launched,
+        })
+    }
+
+    pub fn doctor(&self, facts: &KernelFacts) -> Value {
+        doctor_table(facts, Some(&self.armed))
+    }
+
+    pub fn tier_enabled(&self, switch: fn(&crate::config::Tiers) -> TierSwitch) -> TierSwitch {
+        switch(&self.tiers)
+    }
+}
+
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// Sends SIGKILL to `pid` and every descendant; returns how many processes were signalled.
+pub fn kill_tree(pid: u32) -> usize {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(st) = procinfo::stat(p) {
+                children.entry(st.ppid).or_default().push(p);
+            }
+        }
+    }
+    // Stop the whole tree first so nothing forks away while we walk it, then kill.
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Some(kids) = children.get(&tree[i]) {
+            tree.extend(kids);
+        }
+        i += 1;
+    }
+    for &p in &tree {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(p as libc::pid_t, libc::SIGSTOP) };
+    }
+    for &p in &tree {
+        // SAFETY: as above.
+        unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+    }
+    tree.len()
+}
+
+/// The event a seccomp notification reports; `None` for socket families oknek does not model.
+pub fn event_from_seccomp(req: &crate::tiers::seccomp::SyscallRequest) -> Option<Event> {
+    use crate::tiers::seccomp::RequestKind;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let action = match &req.kind {
+        RequestKind::Exec { path: p, argv, .. } => Action::Exec {
+            path: path(p),
+            argv: argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        },
+        RequestKind::Open {
+            path: p,
+            flags,
+            mode,
+            ..
+        } => Action::Open {
+            path: path(p),
+            flags: *flags,
+            mode: *mode,
+        },
+        RequestKind::Connect { dest, .. } => Action::Connect {
+            dest: dest.clone()?,
+        },
+        RequestKind::Send { dest, bytes, .. } => Action::Send {
+            dest: dest.clone()?,
+            bytes: *bytes,
+        },
+        RequestKind::Watch { path: p, mask } => Action::Watch {
+            path: path(p),
+            mask: *mask,
+        },
+    };
+    let mut process = procinfo::identity(req.tgid).unwrap_or_else(|_| oknek_event::Process {
+        pid: req.tgid,
+        tgid: req.tgid,
+        ..Default::default()
+    });
+    process.pid = req.pid;
+    process.agent = Some(req.agent.clone());
+    Some(Event {
+        time: Timestamp::now(),
+        source: Mechanism::Seccomp,
+        process,
+        action,
+    })
+}
+
+/// Decodes a shim frame into the action it reports, resolving relative paths the way the
+/// kernel will: against the process's cwd or the directory fd it passed.
+fn action_from_frame(pid: u32, frame: &Frame<'_>) -> Option<Action> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Some(match *frame {
+        Frame::Exec { path, argv } => Action::Exec {
+            path: resolve_path(pid, libc::AT_FDCWD, &text(path), true),
+            argv: argv.iter().map(text).collect(),
+        },
+        Frame::Open {
+            dirfd,
+            flags,
+            mode,
+            path,
+        } => Action::Open {
+            path: resolve_path(pid, dirfd, &text(path), false),
+            flags,
+            mode,
+        },
+        Frame::Connect { sockaddr } => Action::Connect {
+            dest: parse_sockaddr(sockaddr)?,
+        },
+        Frame::Send { bytes, sockaddr } => Action::Send {
+            dest: parse_sockaddr(sockaddr)?,
+            bytes,
+        },
+        Frame::Watch { mask, path } => Action::Watch {
+            path: resolve_path(pid, libc::AT_FDCWD, &text(path), false),
+            mask,
+        },
+        Frame::RegisterSeccomp { .. } => return None,
+    })
+}
+
+/// Makes `path` absolute and free of `.`, `..` and symlinks where it exists, so a rule on the
+/// real path cannot be dodged by spelling it differently. Bare command names (exec through
+/// PATH) stay as given.
+pub fn resolve_path(pid: u32, dirfd: i32, path: &str, bare_is_command: bool) -> String {
+    if bare_is_command && !path.contains('/') {
+        return path.to_owned();
+    }
+    let joined = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        let base = if dirfd == libc::AT_FDCWD {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+        } else {
+            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
+        };
+        match base {
+            Ok(b) => b.join(path),
+            Err(_) => PathBuf::from(path),
+        }
+    };
+    canonical(&joined).to_string_lossy().into_owned()
+}
+
+/// Canonical form of a path that may not exist yet: the longest existing prefix is resolved,
+/// the rest is normalised lexically.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let mut normal = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::Normal(p) => normal.push(p),
+            _ => {}
+        }
+    }
+    match (normal.parent(), normal.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(normal),
+        _ => normal,
+    }
+}
+
+/// Parses a raw `struct sockaddr` as the kernel lays it out.
+pub fn parse_sockaddr(b: &[u8]) -> Option<SockAddr> {
+    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
+    match i32::from(family) {
+        libc::AF_INET if b.len() >= 8 => Some(SockAddr::Inet {
+            port: u16::from_be_bytes([b[2], b[3]]),
+            addr: std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]),
+        }),
+        libc::AF_INET6 if b.len() >= 24 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&b[8..24]);
+            Some(SockAddr::Inet6 {
+                port: u16::from_be_bytes([b[2], b[3]]),
+                addr: std::net::Ipv6Addr::from(octets),
+            })
+        }
+        libc::AF_UNIX => {
+            let raw = b.get(2..).unwrap_or(&[]);
+            let path = if raw.first() == Some(&0) {
+                // Abstract socket: written with a leading '@' as ss(8) does.
+                format!(
+                    "@{}",
+                    String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
+                )
+            } else {
+                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                String::from_utf8_lossy(&raw[..end]).into_owned()
+            };
+            Some(SockAddr::Unix { path })
+        }
+        _ => None,
+    }
+}
+
+/// The per-action tier table `oknek doctor` prints. `armed` is what the daemon armed; without
+/// it (no daemon) the table says what the kernel would allow.
+pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
+    let is_armed = |tier: &str| armed.is_none_or(|a| a.get(tier).copied().unwrap_or(false));
+    let fan_open = facts.has(kernel::FANOTIFY_OPEN_PERM) && is_armed("fanotify");
+    let fan_exec = facts.has(kernel::FANOTIFY_EXEC_PERM) && is_armed("fanotify");
+    let seccomp = facts.has(kernel::SECCOMP_USER_NOTIF) && is_armed("seccomp");
+    let landlock = facts.has(kernel::LANDLOCK);
+    let preload = is_armed("preload");
+    let bpf_lsm = facts.has(kernel::BPF_LSM_LISTED);
+    let mut rows = Vec::new();
+    let mut row = |action: &str, tier: &str, why: String| {
+        rows.push(json!({ "action": action, "tier": tier, "why": why }));
+    };
+    let lsm_note = if bpf_lsm {
+        "BPF LSM is listed in lsm=, but this build has no eBPF tier yet".to_owned()
+    } else {
+        "BPF LSM: not in the kernel's lsm= list".to_owned()
+    };
+    for (action, fan) in [("exec", fan_exec), ("open", fan_open)] {
+        if fan {
+            row(
+                action,
+                "fanotify",
+                format!("permission events on protected objects; {lsm_note}"),
+            );
+        } else if seccomp {
+            row(
+                action,
+                "seccomp (oknek run)",
+                "fanotify permission events unavailable or off".into(),
+            );
+        } else if preload {
+            row(
+                action,
+                "preload",
+                "no kernel tier available: weakest tier".into(),
+            );
+        } else {
+            row(action, "none", "no tier available or enabled".into());
+        }
+    }
+    for action in ["connect", "send", "watch"] {
+        if seccomp {
+            row(
+                action,
+                "seccomp (oknek run)",
+                "for agents launched with oknek run; preload for others".into(),
+            );
+        } else if preload {
+            row(
+                action,
+                "preload",
+                "no kernel tier available: weakest tier".into(),
+            );
+        } else {
+            row(action, "none", "no tier available or enabled".into());
+        }
+    }
+    row(
+        "any",
+        if seccomp {
+            "seccomp + Landlock (oknek run)"
+        } else {
+            "unavailable"
+        },
+        if landlock {
+            format!(
+                "Landlock {}",
+                facts
+                    .facilities
+                    .iter()
+                    .find(|f| f.name == kernel::LANDLOCK)
+                    .map_or("", |f| f.detail.as_str())
+            )
+        } else {
+            "Landlock unavailable".into()
+        },
+    );
+    json!({
+        "kernel": facts.release,
+        "facilities": facts.facilities,
+        "tiers": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddrs() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            parse_sockaddr(&v4),
+            Some(SockAddr::Inet {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 443
+            })
+        );
+        let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/run/x.sock\0\0\0");
+        assert_eq!(
+            parse_sockaddr(&un),
+            Some(SockAddr::Unix {
+                path: "/run/x.sock".into()
+            })
+        );
+        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abs.extend_from_slice(b"\0hidden");
+        assert_eq!(
+            parse_sockaddr(&abs),
+            Some(SockAddr::Unix {
+                path: "@hidden".into()
+            })
+        );
+        assert_eq!(parse_sockaddr(&[2]), None);
+        assert_eq!(parse_sockaddr(&v4[..6]), None);
+    }
+
+    #[test]
+    fn paths_are_made_canonical() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("key"), "k").unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let real_key = std::fs::canonicalize(real.join("key")).unwrap();
+        let me = std::process::id();
+        let via_link = format!("{}/link/../real/./key", dir.path().display());
+        assert_eq!(
+            resolve_path(me, libc::AT_FDCWD, &via_link, false),
+            real_key.to_string_lossy()
+        );
+        let via_symlink = format!("{}/link/key", dir.path().display());
+        assert_eq!(
+            resolve_path(me, libc::AT_FDCWD, &via_symlink, false),
+            real_key.to_string_lossy()
+        );
+        let missing = format!("{}/link/new-file", dir.path().display());
+        assert_eq!(
+            resolve_path(me, libc::AT_FDCWD, &missing, false),
+            std::fs::canonicalize(&real)
+                .unwrap()
+                .join("new-file")
+                .to_string_lossy()
+        );
+        assert_eq!(resolve_path(me, libc::AT_FDCWD, "nc", true), "nc");
+    }
+}
