@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 say "building (release)"
-cargo build --release --locked -p oknek -p oknekd
+cargo build --release --locked -p oknek -p oknekd -p oknek-preload
 bin=$PWD/target/release
 demo=$(mktemp -d /tmp/oknek-demo.XXXXXX)
 chmod 755 "$demo"
@@ -43,33 +43,61 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 0
 fi
 
-say "starting oknekd on a default configuration in $demo"
 # R1 protects every user's ~/.ssh private keys; the demo user is 'nobody' with a throwaway home.
-demo_home=/home/oknek-demo
+demo_home=/home/oknek-demo-$$
+key=$demo_home/.ssh/id_ed25519
 mkdir -p "$demo_home/.ssh"
-printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\nfake key for the oknek demo\n-----END OPENSSH PRIVATE KEY-----\n' \
-    > "$demo_home/.ssh/id_ed25519"
+printf -- '-----BEGIN OPENSSH PRIVATE KEY-----\nfake key for the oknek demo\n-----END OPENSSH PRIVATE KEY-----\n' > "$key"
 chown -R nobody: "$demo_home"
-chmod 600 "$demo_home/.ssh/id_ed25519"
-mkdir -p "$demo/run" "$demo/state"
-"$bin/oknekd" --config /dev/null --rules-dir rules --state-dir "$demo/state" \
-    --runtime-dir "$demo/run" 2> "$demo/oknekd.log" &
-daemon_pid=$!
-for _ in $(seq 50); do [ -S "$demo/run/control.sock" ] && break; sleep 0.1; done
-"$bin/oknek" --runtime-dir "$demo/run" status
-
+chmod 600 "$key"
 as_user() { setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$demo_home" "$@"; }
-say "as user nobody, without oknek: cat ~/.ssh/id_ed25519"
-as_user cat "$demo_home/.ssh/id_ed25519"
-say "as user nobody, as an agent: oknek run --agent demo -- cat ~/.ssh/id_ed25519"
-if as_user "$bin/oknek" --runtime-dir "$demo/run" run --agent demo -- cat "$demo_home/.ssh/id_ed25519"; then
-    echo "!! the read was not blocked" >&2
-    exit 1
-fi
-sleep 0.2
-say "the evidence of that block"
-"$bin/oknek" events --state-dir "$demo/state" --verdict block
-kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
-"$bin/oknek" verify --state-dir "$demo/state"
-say "done: oknekd's log was"
-cat "$demo/oknekd.log"
+
+# start_daemon NAME CONFIG: runs oknekd with that config in $demo/NAME.
+start_daemon() {
+    local name=$1 config=$2
+    mkdir -p "$demo/$name"
+    printf '%s\n' "$config" > "$demo/$name/oknek.yaml"
+    "$bin/oknekd" --config "$demo/$name/oknek.yaml" --rules-dir rules \
+        --state-dir "$demo/$name/state" --runtime-dir "$demo/$name/run" 2> "$demo/$name/oknekd.log" &
+    daemon_pid=$!
+    for _ in $(seq 100); do [ -S "$demo/$name/run/control.sock" ] && break; sleep 0.1; done
+    "$bin/oknek" --runtime-dir "$demo/$name/run" status | grep -E '^(rules|tiers):'
+}
+stop_daemon() {
+    local name=$1
+    kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
+    say "evidence written by this daemon"
+    "$bin/oknek" events --state-dir "$demo/$name/state"
+    "$bin/oknek" verify --state-dir "$demo/$name/state"
+}
+expect_blocked() {
+    if "$@"; then echo "!! not blocked: $*" >&2; exit 1; fi
+    echo "   -> refused, as it should be"
+}
+
+say "1/3 oknek run (seccomp user-notify + Landlock), default configuration"
+start_daemon run ""
+say "as user nobody, not an agent: cat ~/.ssh/id_ed25519"
+as_user cat "$key"
+say "as user nobody, launched as an agent: oknek run --agent demo -- cat ~/.ssh/id_ed25519"
+expect_blocked as_user "$bin/oknek" --runtime-dir "$demo/run/run" run --agent demo -- cat "$key"
+stop_daemon run
+
+say "2/3 fanotify permission events: every process of uid 65534 is the agent 'demo'"
+start_daemon fanotify "agents: [{name: demo, uid: [65534]}]"
+say "as user nobody: cat ~/.ssh/id_ed25519, and through a hard link"
+expect_blocked as_user cat "$key"
+ln "$key" "$demo/hardlink"
+expect_blocked as_user cat "$demo/hardlink"
+rm -f "$demo/hardlink"
+say "as root (not an agent): the same read works"
+head -n 1 "$key"
+stop_daemon fanotify
+
+say "3/3 the LD_PRELOAD shim (fanotify switched off to show the weakest tier alone)"
+start_daemon preload "$(printf 'tiers: {fanotify: off}\nagents: [{name: demo, uid: [65534]}]')"
+say "as user nobody with LD_PRELOAD=oknek_preload.so: cat ~/.ssh/id_ed25519"
+expect_blocked as_user env OKNEK_RUNTIME_DIR="$demo/preload/run" \
+    LD_PRELOAD="$bin/liboknek_preload.so" cat "$key"
+stop_daemon preload
+say "done"

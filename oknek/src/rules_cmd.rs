@@ -86,18 +86,21 @@ Example:
 const SIMULATE_HELP: &str = "\
 oknek simulate — replay recorded events through a rule set
 
-Usage: oknek simulate --rules DIR --events FILE.jsonl [--json]
+Usage: oknek simulate --rules DIR --events FILE.jsonl [--json] [--state-dir DIR]
 
 Reads one event per line (the JSONL event format; `-` reads standard input) and prints each
 event's verdict, the deciding rule and every rule that fired. Quotas run on the events' own
 times; the agents' baselines are learned from the replayed events, starting empty. Nothing is
-enforced and no evidence is written.
+enforced. With --state-dir, every fired rule also becomes a real signed evidence bundle in that
+state directory (a host key is created there if none exists), so `oknek verify --state-dir DIR`
+and `oknek events --state-dir DIR` work on the result.
 
 A line that is not a valid event is reported as FILE:LINE with the reason, skipped, and makes
 the command exit 1 after the replay; blank lines and lines starting with `#` are ignored.
 
 Options:
   --rules DIR      The rule set [default: /var/lib/oknek/rules/active]
+  --state-dir DIR  Also write signed evidence bundles (and the baseline) to DIR
   --events FILE    The recorded events (JSONL), or - for standard input
   --json           One JSON object per event instead of the table
 
@@ -423,10 +426,14 @@ fn print_table<const N: usize>(out: &mut impl Write, header: &[&str; N], rows: &
 
 // ------------------------------------------------------------------------------------ simulate
 
-/// Where simulated decisions go. The printing sinks below are the only ones today; a later
-/// `--state-dir DIR` option adds a sink that writes one evidence bundle per fired rule.
+/// Where simulated decisions go: printed, and with `--state-dir` also written as evidence.
 trait DecisionSink {
     fn record(&mut self, line: usize, event: &Event, decision: &Decision) -> io::Result<()>;
+
+    /// Commits whatever is buffered (evidence) once the replay is over.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct TableSink<W: Write> {
@@ -498,12 +505,59 @@ impl<W: Write> DecisionSink for JsonSink<W> {
     }
 }
 
+/// Writes one signed bundle per fired rule, then passes the decision on to the printer.
+struct EvidenceSink<'a> {
+    /// `None` once closed.
+    store: Option<oknek_evidence::Store>,
+    digest: String,
+    next: Box<dyn DecisionSink + 'a>,
+}
+
+impl DecisionSink for EvidenceSink<'_> {
+    fn record(&mut self, line: usize, event: &Event, decision: &Decision) -> io::Result<()> {
+        for fired in &decision.fired {
+            let extra = fired.quota.as_ref().map(|q| {
+                let mut m = serde_json::Map::new();
+                m.insert("quota".to_owned(), json!(q));
+                m
+            });
+            let firing = oknek_evidence::Firing {
+                event,
+                rule_id: &fired.rule_id,
+                rule_title: Some(&fired.title),
+                verdict: fired.action,
+                rule_set_digest: &self.digest,
+                capture: &fired.capture,
+                extra: extra.as_ref(),
+            };
+            let Some(store) = &mut self.store else {
+                return Err(io::Error::other("evidence store already closed"));
+            };
+            store
+                .append(&firing)
+                .map_err(|e| io::Error::other(format!("evidence: {e}")))?;
+        }
+        if let Some(store) = &mut self.store {
+            store.observe(event);
+        }
+        self.next.record(line, event, decision)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        match self.store.take() {
+            Some(store) => store.close().map_err(|e| io::Error::other(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
 pub fn simulate(parser: &mut lexopt::Parser, global: &Global) -> Result<ExitCode, CliError> {
     use lexopt::prelude::*;
     let _ = global;
     let mut rules_dir = PathBuf::from(DEFAULT_RULES_DIR);
     let mut events: Option<PathBuf> = None;
     let mut as_json = false;
+    let mut state_dir: Option<PathBuf> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => {
@@ -513,6 +567,7 @@ pub fn simulate(parser: &mut lexopt::Parser, global: &Global) -> Result<ExitCode
             Long("rules") => rules_dir = parser.value()?.into(),
             Long("events") => events = Some(parser.value()?.into()),
             Long("json") => as_json = true,
+            Long("state-dir") => state_dir = Some(parser.value()?.into()),
             arg => return Err(arg.unexpected().into()),
         }
     }
@@ -530,13 +585,29 @@ pub fn simulate(parser: &mut lexopt::Parser, global: &Global) -> Result<ExitCode
         (events.display().to_string(), Box::new(BufReader::new(file)))
     };
     let stdout = io::stdout().lock();
-    // `--state-dir DIR` (evidence bundles for every fired rule) will wrap or replace this sink.
-    let mut sink: Box<dyn DecisionSink> = if as_json {
+    let printer: Box<dyn DecisionSink> = if as_json {
         Box::new(JsonSink { out: stdout })
     } else {
         Box::new(TableSink { out: stdout })
     };
+    let mut sink: Box<dyn DecisionSink> = match &state_dir {
+        Some(dir) => {
+            let mut config = oknek_evidence::StoreConfig::new(dir);
+            config.create_key = true;
+            let store = oknek_evidence::Store::open(config)
+                .map_err(|e| CliError::failed(format!("evidence store {}: {e}", dir.display())))?;
+            Box::new(EvidenceSink {
+                store: Some(store),
+                digest: set.digest().to_owned(),
+                next: printer,
+            })
+        }
+        None => printer,
+    };
     let summary = replay(&set, &name, reader, sink.as_mut())?;
+    sink.finish()
+        .map_err(|e| CliError::failed(format!("evidence store: {e}")))?;
+
     if summary.output_closed {
         return Ok(ExitCode::SUCCESS);
     }

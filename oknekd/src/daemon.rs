@@ -115,13 +115,16 @@ impl Daemon {
         config_path: PathBuf,
         overrides: Overrides,
     ) -> Result<Daemon, DaemonError> {
+        // Before any thread exists (the evidence store starts one): threads inherit the mask, and
+        // a thread that does not block these would take their default action, killing the
+        // daemon on SIGTERM or SIGHUP instead of stopping cleanly or reloading.
+        let signals = SignalFd::new(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
+            .map_err(io_err("signalfd"))?;
         let runtime = config.paths.runtime_dir.clone();
         make_private_dir(&runtime, 0o755)
             .map_err(io_err(format!("runtime dir {}", runtime.display())))?;
         let judge = Judge::new(&config)?;
         let poll = Poll::new().map_err(io_err("epoll"))?;
-        let signals = SignalFd::new(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
-            .map_err(io_err("signalfd"))?;
         // SAFETY: ignoring SIGPIPE has no memory effects; writes to closed sockets then return EPIPE.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let ticker = Ticker::new(Duration::from_secs(1)).map_err(io_err("timerfd"))?;

@@ -139,7 +139,8 @@ impl Judge {
 
     /// Builds the new rule set completely, then swaps it in. On error nothing changes.
     pub fn reload(&mut self, config: &Config) -> Result<String, String> {
-        let rules = RuleSet::load_dir(&config.paths.rules_dir).map_err(|e| e.to_string())?;
+        let rules = RuleSet::load_dir_reusing(&config.paths.rules_dir, &self.rules)
+            .map_err(|e| e.to_string())?;
         self.quotas.retain_for(&rules);
         self.rules = Arc::new(rules);
         self.agents.replace_specs(config.agents.clone());

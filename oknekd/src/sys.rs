@@ -26,7 +26,8 @@ pub struct SignalFd {
 }
 
 impl SignalFd {
-    /// Blocks `signals` for the calling thread (the daemon has one) and reads them from an fd.
+    /// Blocks `signals` for the calling thread (and the threads it starts afterwards, which inherit
+    /// the mask: call it before starting any) and reads them from an fd.
     pub fn new(signals: &[libc::c_int]) -> io::Result<SignalFd> {
         // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask
         // and signalfd only read it.
