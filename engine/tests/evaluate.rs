@@ -610,3 +610,21 @@ fn sets_can_be_shared_across_threads() {
     shareable::<QuotaLedger>();
     shareable::<LoadErrors>();
 }
+
+#[test]
+fn backtracking_bombs_run_in_linear_time() {
+    let s = set(r#"
+rules:
+  - { id: redos, title: t, kind: exec, match: { argv: { regex: '^(a+)+$' } }, action: warn }
+  - { id: glob, title: t, kind: open, match: { path: { glob: "*a*a*a*a*a*a*a*a*b" } }, action: warn }
+"#);
+    let evil = format!("{}!", "a".repeat(50_000));
+    let start = std::time::Instant::now();
+    assert_eq!(verdict(&s, &exec("/bin/x", &[&evil])), Verdict::Allow);
+    assert_eq!(verdict(&s, &open(&"a".repeat(50_000))), Verdict::Allow);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}
