@@ -153,6 +153,41 @@ pub enum SockAddr {
 }
 
 impl SockAddr {
+    /// Parses a raw Linux `struct sockaddr` (as passed to connect(2)): AF_INET, AF_INET6 and
+    /// AF_UNIX; `None` for other families and short buffers. Abstract unix names are written
+    /// with a leading `@`, as ss(8) does.
+    pub fn from_raw(raw: &[u8]) -> Option<SockAddr> {
+        const AF_UNIX: u16 = 1;
+        const AF_INET: u16 = 2;
+        const AF_INET6: u16 = 10;
+        let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
+        match family {
+            AF_INET if raw.len() >= 8 => Some(SockAddr::Inet {
+                port: u16::from_be_bytes([raw[2], raw[3]]),
+                addr: std::net::Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]),
+            }),
+            AF_INET6 if raw.len() >= 24 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&raw[8..24]);
+                Some(SockAddr::Inet6 {
+                    port: u16::from_be_bytes([raw[2], raw[3]]),
+                    addr: std::net::Ipv6Addr::from(octets),
+                })
+            }
+            AF_UNIX => {
+                let p = &raw[2..];
+                let path = if p.first() == Some(&0) && p.len() > 1 {
+                    format!("@{}", String::from_utf8_lossy(&p[1..]))
+                } else {
+                    let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+                    String::from_utf8_lossy(&p[..end]).into_owned()
+                };
+                Some(SockAddr::Unix { path })
+            }
+            _ => None,
+        }
+    }
+
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
             SockAddr::Inet { addr, .. } => Some(IpAddr::V4(*addr)),

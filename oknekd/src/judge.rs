@@ -571,10 +571,10 @@ fn action_from_frame(pid: u32, frame: &Frame<'_>) -> Option<Action> {
             mode,
         },
         Frame::Connect { sockaddr } => Action::Connect {
-            dest: parse_sockaddr(sockaddr)?,
+            dest: SockAddr::from_raw(sockaddr)?,
         },
         Frame::Send { bytes, sockaddr } => Action::Send {
-            dest: parse_sockaddr(sockaddr)?,
+            dest: SockAddr::from_raw(sockaddr)?,
             bytes,
         },
         Frame::Watch { mask, path } => Action::Watch {
@@ -632,40 +632,6 @@ fn canonical(path: &Path) -> PathBuf {
     }
 }
 
-/// Parses a raw `struct sockaddr` as the kernel lays it out.
-pub fn parse_sockaddr(b: &[u8]) -> Option<SockAddr> {
-    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
-    match i32::from(family) {
-        libc::AF_INET if b.len() >= 8 => Some(SockAddr::Inet {
-            port: u16::from_be_bytes([b[2], b[3]]),
-            addr: std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]),
-        }),
-        libc::AF_INET6 if b.len() >= 24 => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&b[8..24]);
-            Some(SockAddr::Inet6 {
-                port: u16::from_be_bytes([b[2], b[3]]),
-                addr: std::net::Ipv6Addr::from(octets),
-            })
-        }
-        libc::AF_UNIX => {
-            let raw = b.get(2..).unwrap_or(&[]);
-            let path = if raw.first() == Some(&0) {
-                // Abstract socket: written with a leading '@' as ss(8) does.
-                format!(
-                    "@{}",
-                    String::from_utf8_lossy(&raw[1..]).trim_end_matches('\0')
-                )
-            } else {
-                let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-                String::from_utf8_lossy(&raw[..end]).into_owned()
-            };
-            Some(SockAddr::Unix { path })
-        }
-        _ => None,
-    }
-}
-
 /// The per-action tier table `oknek doctor` prints. `armed` is what the daemon armed; without
 /// it (no daemon) the table says what the kernel would allow.
 pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
@@ -685,6 +651,20 @@ pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
     } else {
         "BPF LSM: not in the kernel's lsm= list".to_owned()
     };
+    // Without a kernel tier for an action, oknek run covers launched agents and the shim the rest.
+    let userspace_row = |row: &mut dyn FnMut(&str, &str, String), action: &str, why: &str| {
+        if seccomp {
+            row(action, "seccomp (oknek run)", why.into());
+        } else if preload {
+            row(
+                action,
+                "preload",
+                "no kernel tier available: weakest tier".into(),
+            );
+        } else {
+            row(action, "none", "no tier available or enabled".into());
+        }
+    };
     for (action, fan) in [("exec", fan_exec), ("open", fan_open)] {
         if fan {
             row(
@@ -692,38 +672,20 @@ pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
                 "fanotify",
                 format!("permission events on protected objects; {lsm_note}"),
             );
-        } else if seccomp {
-            row(
-                action,
-                "seccomp (oknek run)",
-                "fanotify permission events unavailable or off".into(),
-            );
-        } else if preload {
-            row(
-                action,
-                "preload",
-                "no kernel tier available: weakest tier".into(),
-            );
         } else {
-            row(action, "none", "no tier available or enabled".into());
+            userspace_row(
+                &mut row,
+                action,
+                "fanotify permission events unavailable or off",
+            );
         }
     }
     for action in ["connect", "send", "watch"] {
-        if seccomp {
-            row(
-                action,
-                "seccomp (oknek run)",
-                "for agents launched with oknek run; preload for others".into(),
-            );
-        } else if preload {
-            row(
-                action,
-                "preload",
-                "no kernel tier available: weakest tier".into(),
-            );
-        } else {
-            row(action, "none", "no tier available or enabled".into());
-        }
+        userspace_row(
+            &mut row,
+            action,
+            "for agents launched with oknek run; preload for others",
+        );
     }
     row(
         "any",
@@ -763,7 +725,7 @@ mod tests {
         v4[2..4].copy_from_slice(&443u16.to_be_bytes());
         v4[4..8].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(
-            parse_sockaddr(&v4),
+            SockAddr::from_raw(&v4),
             Some(SockAddr::Inet {
                 addr: "10.0.0.1".parse().unwrap(),
                 port: 443
@@ -772,7 +734,7 @@ mod tests {
         let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         un.extend_from_slice(b"/run/x.sock\0\0\0");
         assert_eq!(
-            parse_sockaddr(&un),
+            SockAddr::from_raw(&un),
             Some(SockAddr::Unix {
                 path: "/run/x.sock".into()
             })
@@ -780,13 +742,13 @@ mod tests {
         let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         abs.extend_from_slice(b"\0hidden");
         assert_eq!(
-            parse_sockaddr(&abs),
+            SockAddr::from_raw(&abs),
             Some(SockAddr::Unix {
                 path: "@hidden".into()
             })
         );
-        assert_eq!(parse_sockaddr(&[2]), None);
-        assert_eq!(parse_sockaddr(&v4[..6]), None);
+        assert_eq!(SockAddr::from_raw(&[2]), None);
+        assert_eq!(SockAddr::from_raw(&v4[..6]), None);
     }
 
     #[test]

@@ -36,7 +36,6 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -832,7 +831,7 @@ impl SeccompListener {
             return Err(libc::ENOENT);
         }
         let family = sock_domain(&sock)?;
-        let dest = parse_sockaddr(&raw);
+        let dest = SockAddr::from_raw(&raw);
         let mut req = self.request(c, "connect", RequestKind::Connect { dest, family });
         if !is_inet(family) {
             req.racy = can_race(c, &[(n.args[1], len as u64)]);
@@ -883,7 +882,7 @@ impl SeccompListener {
         let family = sock_domain(&sock)?;
         let bytes = a[2];
         let kind = RequestKind::Send {
-            dest: parse_sockaddr(&raw),
+            dest: SockAddr::from_raw(&raw),
             family,
             bytes,
         };
@@ -948,7 +947,7 @@ impl SeccompListener {
         }
         let family = sock_domain(&sock)?;
         let dest = match &name {
-            Some(raw) => parse_sockaddr(raw),
+            Some(raw) => SockAddr::from_raw(raw),
             None => peer_of(&sock),
         };
         let kind = RequestKind::Send {
@@ -2178,38 +2177,7 @@ fn peer_of(fd: &OwnedFd) -> Option<SockAddr> {
     if rc < 0 {
         return None;
     }
-    parse_sockaddr(&buf[..(len as usize).min(buf.len())])
-}
-
-/// Decodes a raw sockaddr (inet, inet6, unix); `None` for other families or short buffers.
-pub fn parse_sockaddr(raw: &[u8]) -> Option<SockAddr> {
-    let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
-    match family as i32 {
-        libc::AF_INET if raw.len() >= 8 => Some(SockAddr::Inet {
-            port: u16::from_be_bytes([raw[2], raw[3]]),
-            addr: Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]),
-        }),
-        libc::AF_INET6 if raw.len() >= 24 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&raw[8..24]);
-            Some(SockAddr::Inet6 {
-                port: u16::from_be_bytes([raw[2], raw[3]]),
-                addr: Ipv6Addr::from(a),
-            })
-        }
-        libc::AF_UNIX => {
-            let p = &raw[2..];
-            let path = if p.first() == Some(&0) && p.len() > 1 {
-                // Abstract namespace: shown with a leading '@'.
-                format!("@{}", String::from_utf8_lossy(&p[1..]))
-            } else {
-                let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
-                String::from_utf8_lossy(&p[..end]).into_owned()
-            };
-            Some(SockAddr::Unix { path })
-        }
-        _ => None,
-    }
+    SockAddr::from_raw(&buf[..(len as usize).min(buf.len())])
 }
 
 // ---- small fd utilities ------------------------------------------------------------------------
@@ -2368,16 +2336,16 @@ mod tests {
         v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
         v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(
-            parse_sockaddr(&v4),
+            SockAddr::from_raw(&v4),
             Some(SockAddr::Inet {
-                addr: Ipv4Addr::LOCALHOST,
+                addr: std::net::Ipv4Addr::LOCALHOST,
                 port: 8080
             })
         );
         let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         un.extend_from_slice(b"/run/x.sock\0");
         assert_eq!(
-            parse_sockaddr(&un),
+            SockAddr::from_raw(&un),
             Some(SockAddr::Unix {
                 path: "/run/x.sock".into()
             })
@@ -2385,15 +2353,15 @@ mod tests {
         let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
         abs.extend_from_slice(b"\0bus");
         assert_eq!(
-            parse_sockaddr(&abs),
+            SockAddr::from_raw(&abs),
             Some(SockAddr::Unix {
                 path: "@bus".into()
             })
         );
-        assert_eq!(parse_sockaddr(&[]), None);
-        assert_eq!(parse_sockaddr(&v4[..5]), None);
+        assert_eq!(SockAddr::from_raw(&[]), None);
+        assert_eq!(SockAddr::from_raw(&v4[..5]), None);
         assert_eq!(
-            parse_sockaddr(&(libc::AF_NETLINK as u16).to_ne_bytes()),
+            SockAddr::from_raw(&(libc::AF_NETLINK as u16).to_ne_bytes()),
             None
         );
     }
