@@ -1,7 +1,8 @@
 //! Evidence throughput, latency, verify speed and size, each against a baseline measured in the
 //! same run. `cargo bench -p oknek-evidence` (pinned to one core).
 //!
-//! Set OKNEK_BENCH_N to change the number of bundles (default 100000).
+//! OKNEK_BENCH_N: number of bundles (default 100000). OKNEK_BENCH_DIR: where the stores go
+//! (default /tmp). OKNEK_VERIFY_ONLY=DIR: only time `verify` on an existing store, five times.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -86,7 +87,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn raw_signatures(n: usize) -> (f64, f64) {
+fn raw_signatures(n: usize) -> (f64, f64, f64) {
     let key = SigningKey::from_bytes(&[7; 32]);
     let vk = key.verifying_key();
     let msgs: Vec<[u8; 32]> = (0..n)
@@ -103,7 +104,23 @@ fn raw_signatures(n: usize) -> (f64, f64) {
     for (m, s) in msgs.iter().zip(&sigs) {
         black_box(vk.verify(m, s).is_ok());
     }
-    (sign_rate, n as f64 / t.elapsed().as_secs_f64())
+    let verify_rate = n as f64 / t.elapsed().as_secs_f64();
+    (sign_rate, verify_rate, batch_rate(&key, &msgs, &sigs))
+}
+
+/// The batch verification `oknek verify` uses (512 per batch, one key).
+fn batch_rate(key: &SigningKey, msgs: &[[u8; 32]], sigs: &[ed25519_dalek::Signature]) -> f64 {
+    let public = oknek_evidence::PublicKey::from_bytes(key.verifying_key().as_bytes()).unwrap();
+    let items: Vec<([u8; 32], [u8; 64])> = msgs
+        .iter()
+        .zip(sigs)
+        .map(|(m, s)| (*m, s.to_bytes()))
+        .collect();
+    let t = Instant::now();
+    for chunk in items.chunks(512) {
+        assert!(oknek_evidence::raw::verify_batch(&public, chunk));
+    }
+    items.len() as f64 / t.elapsed().as_secs_f64()
 }
 
 fn sqlite_conn(path: &Path) -> Connection {
@@ -258,13 +275,29 @@ fn main() {
         base.display()
     );
 
-    let (sign_rate, verify_rate) = raw_signatures(20_000.min(n));
+    if let Some(d) = std::env::var_os("OKNEK_VERIFY_ONLY") {
+        let opts = VerifyOptions {
+            state_dir: Some(d.into()),
+            ..VerifyOptions::default()
+        };
+        for _ in 0..5 {
+            let r = verify(&opts, &mut |_| {}).unwrap();
+            println!(
+                "verify: {:.0} bundles/s ({:?})",
+                r.bundles as f64 / r.seconds,
+                r.finding
+            );
+        }
+        return;
+    }
+    let (sign_rate, verify_rate, batch_rate) = raw_signatures(20_000.min(n));
     let body = "x".repeat(900);
     let sqlite_rate = raw_sqlite_inserts(base, n, 256, &body);
     let raw_lat = raw_sqlite_commit_latency(base, 5_000, &body);
     println!("\nbaselines (same run)");
     println!("  raw Ed25519 signatures       {sign_rate:>10.0} /s");
     println!("  raw Ed25519 verifications    {verify_rate:>10.0} /s   (one by one)");
+    println!("  batch Ed25519 verifications  {batch_rate:>10.0} /s   (512 per batch, one key)");
     println!(
         "  raw SQLite inserts           {sqlite_rate:>10.0} /s   (900-byte rows, 256 per transaction)"
     );
@@ -318,10 +351,12 @@ fn main() {
     let vrate = report.bundles as f64 / report.seconds;
     println!("\noknek verify (database + journal + head; goal >= 50000/s)");
     println!(
-        "  {vrate:>10.0} bundles/s ({} in {:.2} s)   = {:.2} x raw one-by-one Ed25519 verification",
+        "  {vrate:>10.0} bundles/s ({} in {:.2} s)   = {:.2} x raw one-by-one Ed25519 verification, \
+         {:.2} x batch verification alone",
         report.bundles,
         report.seconds,
-        vrate / verify_rate
+        vrate / verify_rate,
+        vrate / batch_rate
     );
 
     let c = Connection::open(sdir.join("oknek.db")).unwrap();

@@ -56,4 +56,5 @@ pub mod raw {
     pub use crate::bundle::head_line;
     pub use crate::codec::{base64, hex, to_canonical, unbase64};
     pub use crate::key::head_message;
+    pub use crate::sigbatch::verify_batch;
 }

@@ -20,7 +20,7 @@
 //! as recently as the database).
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -635,7 +635,7 @@ impl Reconciler<'_> {
         let mut writer = match files.last() {
             Some((_, p)) if !fresh_file => JournalWriter::open(self.journal_dir, p.clone())?,
             _ => {
-                let first = journal_last.max(tip.0) + 1;
+                let first = journal_last.max(tip.0).saturating_add(1);
                 let path = self.journal_dir.join(journal::file_name(first));
                 JournalWriter::open(self.journal_dir, path)?
             }
@@ -652,7 +652,10 @@ impl Reconciler<'_> {
             // this loop run for ages.
             let mut stmt = self
                 .conn
-                .prepare(&format!("{} WHERE seq > ?1 ORDER BY seq", db::SELECT_EVENTS))
+                .prepare(&format!(
+                    "{} WHERE seq > ?1 ORDER BY seq",
+                    db::SELECT_EVENTS
+                ))
                 .map_err(dbe)?;
             let mut rows = stmt
                 .query([i64::try_from(journal_last).unwrap_or(i64::MAX)])
@@ -701,8 +704,13 @@ impl Reconciler<'_> {
     /// Moves the bytes from `offset` to the end of `file` into a `torn-*.partial` file beside it
     /// (kept for inspection, never read as journal), then cuts the file.
     fn quarantine(&mut self, file: &Path, offset: u64) -> Result<PathBuf> {
-        let data = fs::read(file).map_err(|e| Error::io(file, e))?;
-        let tail = data.get(offset as usize..).unwrap_or_default();
+        let mut tail = Vec::new();
+        fs::File::open(file)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(offset))?;
+                f.read_to_end(&mut tail)
+            })
+            .map_err(|e| Error::io(file, e))?;
         let stem = file
             .file_stem()
             .and_then(|s| s.to_str())
@@ -719,7 +727,7 @@ impl Reconciler<'_> {
                 .open(&p)
             {
                 Ok(mut f) => {
-                    f.write_all(tail)
+                    f.write_all(&tail)
                         .and_then(|()| f.sync_all())
                         .map_err(|e| Error::io(&p, e))?;
                     break p;

@@ -15,7 +15,7 @@ use crate::journal::{JOURNAL_DIR, JournalReader};
 use crate::key::{Head, HostKey, KEY_FILE, PublicKey};
 use crate::sigbatch::verify_batch;
 
-const SIG_BATCH: usize = 256;
+const SIG_BATCH: usize = 512;
 
 /// What to verify. With `state_dir` the database, the journal and the signed head are checked
 /// together; with only `journal` (a file or directory) and `pubkey`, the journal alone.
@@ -516,7 +516,12 @@ impl JournalWalk {
                                 ),
                             )
                         };
-                        let f = c.finding(problem, Some(self.stream.last_seq.saturating_add(1)), place, detail);
+                        let f = c.finding(
+                            problem,
+                            Some(self.stream.last_seq.saturating_add(1)),
+                            place,
+                            detail,
+                        );
                         return Err(c.fail(f, None));
                     }
                     self.head_seq = self.head_seq.max(h.seq);
@@ -844,18 +849,11 @@ fn walk_with_db(
     drop(stmt);
     report.db_rows = Some(db_rows);
     let db_last = ds.last_seq;
-    let meta = Place::Db { row: 0 };
-    let at_meta = |c: &Checker, problem, seq, detail: String| Finding {
-        place: "meta".into(),
-        ..c.finding(problem, seq, meta, detail)
-    };
-
     // The signed head in meta.
     let head = match head {
-        Err(e) => return Ok(Err(at_meta(c, Problem::HeadInvalid, None, e))),
+        Err(e) => return Ok(Err(at_meta(Problem::HeadInvalid, None, e))),
         Ok(None) if db_last > 0 => {
             return Ok(Err(at_meta(
-                c,
                 Problem::HeadInvalid,
                 None,
                 "there are records but no signed head".into(),
@@ -867,7 +865,6 @@ fn walk_with_db(
         report.head = Some(h);
         if !c.key.verify_head(&h) {
             return Ok(Err(at_meta(
-                c,
                 Problem::HeadInvalid,
                 Some(h.seq),
                 "the signed head does not verify with the host key: edited or forged".into(),
@@ -910,7 +907,6 @@ fn walk_with_db(
                 )
             };
             return Ok(Err(at_meta(
-                c,
                 Problem::TruncatedTail,
                 Some(db_last.saturating_add(1)),
                 detail,
@@ -919,7 +915,6 @@ fn walk_with_db(
     } else if let Some(h) = head {
         if h.seq < db_last {
             return Ok(Err(at_meta(
-                c,
                 Problem::HeadRolledBack,
                 Some(h.seq.saturating_add(1)),
                 format!(
@@ -931,7 +926,6 @@ fn walk_with_db(
         }
         if h.seq == db_last && h.hash != ds.last_hash {
             return Ok(Err(at_meta(
-                c,
                 Problem::HeadInvalid,
                 Some(h.seq),
                 "the signed head names another record than the database's last one".into(),
@@ -939,7 +933,6 @@ fn walk_with_db(
         }
         if jw.head_seq > h.seq {
             return Ok(Err(at_meta(
-                c,
                 Problem::HeadRolledBack,
                 Some(h.seq.saturating_add(1)),
                 format!(
@@ -958,6 +951,16 @@ fn walk_with_db(
         ));
     }
     Ok(Ok(()))
+}
+
+/// A finding about the signed head in `meta`.
+fn at_meta(problem: Problem, seq: Option<u64>, detail: String) -> Finding {
+    Finding {
+        problem,
+        seq,
+        place: "meta".into(),
+        detail,
+    }
 }
 
 fn committed_meanwhile(db_path: &Path, seq: u64) -> bool {

@@ -279,10 +279,11 @@ fn verify_cmd(parser: &mut lexopt::Parser) -> Result<ExitCode, CliError> {
         let _ = writeln!(out, "{s}");
     };
     match &report.finding {
-        None => say(format!(
+        None if report.bundles >= 10_000 => say(format!(
             "ok: {} bundles verified in {:.2} s ({:.0}/s)",
             report.bundles, report.seconds, rate
         )),
+        None => say(format!("ok: {} bundles verified", report.bundles)),
         Some(f) => {
             say(format!("FAILED: {f}"));
             say(format!("  ({} bundles before it verified)", report.bundles));

@@ -632,3 +632,49 @@ fn events_table_json_and_filters() {
         .collect();
     assert_eq!(seqs, [149, 150]);
 }
+
+#[test]
+fn events_follow_prints_new_bundles() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build(dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oknek"))
+        .args([
+            "events",
+            "--follow",
+            "--json",
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seq = |l: String| serde_json::from_str::<Value>(&l).unwrap()["bundle"]["seq"].as_u64();
+    // The newest 10 first…
+    let first: Vec<_> = (0..10)
+        .map(|_| seq(lines.next().unwrap().unwrap()))
+        .collect();
+    assert_eq!(first[0], Some(N - 9));
+    // …then what is committed while it runs.
+    let mut cfg = StoreConfig::new(dir);
+    cfg.host = Some("test-host".into());
+    let mut store = Store::open(cfg).unwrap();
+    let ev = event(N);
+    store
+        .append(&Firing {
+            event: &ev,
+            rule_id: "R1.ssh",
+            rule_title: None,
+            verdict: Verdict::Block,
+            rule_set_digest: "sha256:00",
+            capture: &[Field::Path],
+            extra: None,
+        })
+        .unwrap();
+    store.close().unwrap();
+    assert_eq!(seq(lines.next().unwrap().unwrap()), Some(N + 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

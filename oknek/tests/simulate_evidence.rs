@@ -32,7 +32,11 @@ fn simulated_session_becomes_verifiable_evidence() {
         "--state-dir",
         state,
     ]);
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
 
     let verify = oknek(&["verify", "--state-dir", state]);
     assert!(
@@ -42,7 +46,14 @@ fn simulated_session_becomes_verifiable_evidence() {
         String::from_utf8_lossy(&verify.stderr)
     );
 
-    let events = oknek(&["events", "--state-dir", state, "--json", "--verdict", "block"]);
+    let events = oknek(&[
+        "events",
+        "--state-dir",
+        state,
+        "--json",
+        "--verdict",
+        "block",
+    ]);
     assert!(events.status.success());
     let text = String::from_utf8_lossy(&events.stdout);
     let rules: Vec<String> = text
@@ -52,8 +63,17 @@ fn simulated_session_becomes_verifiable_evidence() {
             v["bundle"]["rule"].as_str().unwrap_or_default().to_owned()
         })
         .collect();
-    for expected in ["R1.ssh", "R2.revshell", "R4.shellrc", "R6.provider", "R6.model"] {
-        assert!(rules.iter().any(|r| r == expected), "{expected} missing from {rules:?}");
+    for expected in [
+        "R1.ssh",
+        "R2.revshell",
+        "R4.shellrc",
+        "R6.provider",
+        "R6.model",
+    ] {
+        assert!(
+            rules.iter().any(|r| r == expected),
+            "{expected} missing from {rules:?}"
+        );
     }
 
     // A second replay continues the same chain, and the store still verifies.
@@ -68,5 +88,9 @@ fn simulated_session_becomes_verifiable_evidence() {
     ]);
     assert!(again.status.success());
     let verify = oknek(&["verify", "--state-dir", state]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
