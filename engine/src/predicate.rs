@@ -179,6 +179,22 @@ impl<'e> EventView<'e> {
 }
 
 impl Pred {
+    /// True when the predicate reads `field` anywhere.
+    pub fn uses_field(&self, wanted: Field) -> bool {
+        match self {
+            Pred::All(ps) | Pred::Any(ps) => ps.iter().any(|p| p.uses_field(wanted)),
+            Pred::Not(p) => p.uses_field(wanted),
+            Pred::Present { field, .. }
+            | Pred::Str { field, .. }
+            | Pred::Num { field, .. }
+            | Pred::Bits { field, .. } => *field == wanted,
+            Pred::Argv(_) => wanted == Field::Argv,
+            Pred::Addr(_) => wanted == Field::Addr,
+            Pred::Write(_) => wanted == Field::Flags,
+            Pred::Baseline(_) => false,
+        }
+    }
+
     pub fn eval(&self, view: &mut EventView<'_>, baseline: &dyn BaselineView) -> bool {
         match self {
             Pred::All(preds) => preds.iter().all(|p| p.eval(view, baseline)),

@@ -300,6 +300,14 @@ impl RuleSet {
         self.rules.iter().find(|r| &*r.id == id)
     }
 
+    /// True when some rule's match reads `field`: lets hooks skip measuring what no rule asks
+    /// for (an executable's sha256 costs a read of the whole file).
+    pub fn uses_field(&self, field: Field) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.pred.as_ref().is_some_and(|p| p.uses_field(field)))
+    }
+
     /// The files the set was read from, in order.
     pub fn files(&self) -> &[String] {
         &self.files

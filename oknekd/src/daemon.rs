@@ -102,6 +102,9 @@ pub struct Daemon {
     frame_errors: u64,
     /// One listener per `oknek run` tree.
     seccomp: HashMap<Token, SeccompListener>,
+    /// The uid that registered each listener, for `listener_limits`.
+    seccomp_uid: HashMap<Token, u32>,
+    listener_limits: ConnLimits,
     fanotify: Option<FanotifyTier>,
     /// What the current rules let userspace tiers enforce in the kernel, and how.
     plan: plan::TierPlan,
@@ -185,6 +188,8 @@ impl Daemon {
             last_watchdog: Instant::now(),
             frame_errors: 0,
             seccomp: HashMap::new(),
+            seccomp_uid: HashMap::new(),
+            listener_limits: ConnLimits::listeners(),
             fanotify: None,
             plan: plan::TierPlan::default(),
         })
@@ -237,6 +242,7 @@ impl Daemon {
     /// (Re)computes what the tiers enforce from the current rules and applies it.
     fn arm_tiers(&mut self) {
         self.plan = plan::TierPlan::new(self.judge.rules(), &self.config);
+        self.judge.never_open = self.plan.protected.keys().copied().collect();
         let runtime = self.config.paths.runtime_dir.clone();
         let seccomp_on = self.config.tiers.seccomp != config::TierSwitch::Off;
         if seccomp_on && let Err(e) = seccomp::write_landlock_policy(&runtime, &self.plan.landlock)
@@ -440,6 +446,9 @@ impl Daemon {
 
     fn remove_dynamic(&mut self, token: Token) {
         if let Some(listener) = self.seccomp.remove(&token) {
+            if let Some(uid) = self.seccomp_uid.remove(&token) {
+                self.listener_limits.release(uid);
+            }
             let _ = self
                 .poll
                 .registry()
@@ -455,6 +464,10 @@ impl Daemon {
                 }
             };
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            // Fds an agent queued on its connection are released when it closes: not here.
+            if let Dynamic::Hook(conn) = source {
+                crate::closer::close_later(conn.into_fd());
+            }
         }
     }
 
@@ -492,6 +505,7 @@ impl Daemon {
                             "oknekd: hook socket: refusing connection from uid {} pid {} (connection limit)",
                             conn.peer.uid, conn.peer.pid
                         );
+                        crate::closer::close_later(conn.into_fd());
                         continue;
                     }
                     let fd = conn.as_raw_fd();
@@ -641,18 +655,41 @@ impl Daemon {
         if self.config.tiers.seccomp == config::TierSwitch::Off {
             return libc::EOPNOTSUPP;
         }
+        // A process that is already an agent keeps its identity: launching under another name
+        // would swap its rules (and escape an operator's block of its own agent).
+        let current = self.judge.agents.agent_of(pid);
+        let agent: &str = match &current {
+            Some(current) if &**current != agent => {
+                notice!(
+                    "oknekd: oknek run from pid {pid}: already agent {current:?}; the tree runs as {current:?}, not {agent:?}"
+                );
+                current
+            }
+            _ => agent,
+        };
         if received.fds.len() != 1 {
             return libc::EBADMSG;
         }
         let Some(fd) = received.fds.pop() else {
             return libc::EBADMSG;
         };
+        if !hook::is_seccomp_listener(&fd) {
+            crate::closer::close_later(fd);
+            warn!("oknekd: oknek run from pid {pid}: the fd sent is not a seccomp listener");
+            return libc::EINVAL;
+        }
+        let uid = received.cred.uid;
         let Ok(root) = crate::agents::ProcKey::of(pid) else {
             return libc::ESRCH;
         };
+        if !self.listener_limits.admit(uid) {
+            warn!("oknekd: oknek run from pid {pid}: uid {uid} has too many agent trees running");
+            return libc::EAGAIN;
+        }
         let mut listener = match SeccompListener::new(fd, agent.to_owned()) {
             Ok(l) => l,
             Err(e) => {
+                self.listener_limits.release(uid);
                 warn!("oknekd: oknek run from pid {pid}: {e}");
                 return libc::EINVAL;
             }
@@ -665,10 +702,12 @@ impl Daemon {
             token,
             Interest::READABLE,
         ) {
+            self.listener_limits.release(uid);
             warn!("oknekd: oknek run from pid {pid}: {e}");
             return libc::EIO;
         }
         self.seccomp.insert(token, listener);
+        self.seccomp_uid.insert(token, uid);
         self.judge.agents.register_launch(root, agent);
         info!(
             "oknekd: oknek run: agent {agent:?} launched by pid {pid} (uid {})",

@@ -18,14 +18,28 @@ use crate::sys::PeerCred;
 /// At most this many connections at once, and per uid.
 const MAX_CONNECTIONS: usize = 4096;
 const MAX_CONNECTIONS_PER_UID: usize = 512;
+/// At most this many registered seccomp listeners (`oknek run` trees) at once, and per uid of
+/// the sender. Anyone can make a genuine listener for a filter on itself; each one holds two
+/// fds in the daemon for as long as the sender lives.
+const MAX_LISTENERS: usize = 1024;
+const MAX_LISTENERS_PER_UID: usize = 128;
 /// Frames read from one connection per wake-up before others get their turn.
 pub const FRAMES_PER_TURN: usize = 64;
 
 /// A frame as received: its bytes, its sender according to the kernel, and any fds sent along.
+/// Fds nobody took out of `fds` are closed on the closer thread when this is dropped.
 pub struct Received {
     pub len: usize,
     pub cred: PeerCred,
     pub fds: Vec<OwnedFd>,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        for fd in self.fds.drain(..) {
+            crate::closer::close_later(fd);
+        }
+    }
 }
 
 pub struct HookListener {
@@ -154,8 +168,10 @@ impl HookConn {
     /// Receives one frame into `buf`. `Ok(None)`: nothing pending. `Err` with `UnexpectedEof`:
     /// the client closed.
     pub fn recv(&self, buf: &mut [u8; MAX_FRAME]) -> io::Result<Option<Received>> {
-        // Room for credentials and up to 4 fds.
-        let mut cmsg = [0u64; 16];
+        // Room for credentials and the most fds one message can carry (SCM_MAX_FD = 253): if the
+        // buffer were smaller the kernel would close the excess inside recvmsg, on this thread,
+        // and a lingering socket among them would stall the loop.
+        let mut cmsg = [0u64; 160];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -243,23 +259,60 @@ impl HookConn {
     }
 }
 
+impl HookConn {
+    /// The connection's fd, to close it off the loop thread (see [`crate::closer`]).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
 impl AsRawFd for HookConn {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }
 
+/// True when `fd` is a seccomp user-notification listener. A client handing over anything else
+/// as one (an eventfd, a pipe, a socket) would have it polled and kept for good.
+pub fn is_seccomp_listener(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|link| link.as_os_str() == "anon_inode:seccomp notify")
+}
+
 /// Connection limits, so one uid cannot exhaust the daemon's fds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnLimits {
     per_uid: HashMap<u32, usize>,
     total: usize,
+    max_total: usize,
+    max_per_uid: usize,
+}
+
+impl Default for ConnLimits {
+    /// The limits of hook connections.
+    fn default() -> ConnLimits {
+        ConnLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID)
+    }
 }
 
 impl ConnLimits {
+    pub fn new(max_total: usize, max_per_uid: usize) -> ConnLimits {
+        ConnLimits {
+            per_uid: HashMap::new(),
+            total: 0,
+            max_total,
+            max_per_uid,
+        }
+    }
+
+    /// The limits of registered seccomp listeners.
+    pub fn listeners() -> ConnLimits {
+        ConnLimits::new(MAX_LISTENERS, MAX_LISTENERS_PER_UID)
+    }
+
     pub fn admit(&mut self, uid: u32) -> bool {
         let n = self.per_uid.entry(uid).or_default();
-        if self.total >= MAX_CONNECTIONS || *n >= MAX_CONNECTIONS_PER_UID {
+        if self.total >= self.max_total || *n >= self.max_per_uid {
             return false;
         }
         *n += 1;
@@ -292,6 +345,19 @@ mod tests {
         assert!(l.admit(1001));
         l.release(1000);
         assert!(l.admit(1000));
+    }
+
+    #[test]
+    fn only_seccomp_listeners_pass_as_listeners() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_seccomp_listener(&OwnedFd::from(a)));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_seccomp_listener(&OwnedFd::from(null)));
+        // SAFETY: no pointers.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
+        // SAFETY: the kernel just returned it.
+        assert!(!is_seccomp_listener(&unsafe { OwnedFd::from_raw_fd(efd) }));
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct Judge {
     pub armed: Armed,
     tiers: crate::config::Tiers,
     started: Instant,
+    /// Some rule reads `exe_sha256`: measure it for every judged event.
+    needs_exe_hash: bool,
+    /// Files fanotify protects for opening: never hashed, the daemon must not open them.
+    pub never_open: std::collections::HashSet<(u64, u64)>,
 }
 
 fn load_rules(dir: &Path) -> Result<RuleSet, JudgeError> {
@@ -130,6 +134,12 @@ impl Judge {
             armed: Armed::new(),
             tiers: config.tiers,
             started: Instant::now(),
+            needs_exe_hash: false,
+            never_open: HashSet::new(),
+        })
+        .map(|mut judge| {
+            judge.needs_exe_hash = judge.rules.uses_field(Field::ExeSha256);
+            judge
         })
     }
 
@@ -142,6 +152,7 @@ impl Judge {
         let rules = RuleSet::load_dir_reusing(&config.paths.rules_dir, &self.rules)
             .map_err(|e| e.to_string())?;
         self.quotas.retain_for(&rules);
+        self.needs_exe_hash = rules.uses_field(Field::ExeSha256);
         self.rules = Arc::new(rules);
         self.agents.replace_specs(config.agents.clone());
         self.tiers = config.tiers;
@@ -171,6 +182,13 @@ impl Judge {
 
     /// Judges one event of an agent process and records the outcome.
     pub fn decide(&mut self, event: &Event) -> Verdict {
+        let measured;
+        let event = if self.needs_exe_hash && event.process.exe_sha256.is_none() {
+            measured = self.with_exe_hash(event);
+            &measured
+        } else {
+            event
+        };
         self.counters.events += 1;
         let agent = event.agent().unwrap_or_default().to_owned();
         let (verdict, decision) = if self.quarantined.contains(&agent) {
@@ -200,6 +218,20 @@ impl Judge {
             self.hold(event, &decision);
         }
         verdict
+    }
+
+    /// The event with the sha256 of the process's executable (read through /proc/PID/exe, so
+    /// the image actually running), cached per file version.
+    fn with_exe_hash(&mut self, event: &Event) -> Event {
+        use std::os::unix::fs::MetadataExt;
+        let mut event = event.clone();
+        let pid = event.process.pid;
+        let protected = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .is_ok_and(|md| self.never_open.contains(&(md.dev(), md.ino())));
+        if !protected {
+            event.process.exe_sha256 = self.agents.exe_hash(pid, Path::new(&event.process.exe));
+        }
+        event
     }
 
     fn record(&mut self, event: &Event, rules: &RuleSet, decision: &Decision) {

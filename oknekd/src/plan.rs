@@ -24,8 +24,8 @@ pub struct TierPlan {
     rules: Vec<(KernelRule, bool)>,
     /// Operators may accept racy exec and socket calls (see docs/adr/0003).
     allow_racy: bool,
-    /// Objects fanotify marks: the open/exec block rules that apply to every agent and name
-    /// files, prefixes or executables.
+    /// Objects fanotify marks: the open/exec block rules that name files, prefixes or
+    /// executables. Rules limited to some agents are marked too; the decision is per agent.
     pub fanotify: Vec<Target>,
     /// Protected files by (dev, ino) → the path their rule names, so any other name of the same
     /// file (hard link, bind mount) is judged as the protected path.
@@ -91,15 +91,15 @@ impl TierPlan {
         let mut fanotify = Vec::new();
         let mut protected = HashMap::new();
         for rule in rules.kernel_plan().rules {
-            let object_rule = rule.agents.is_none()
-                && !matches!(rule.enforceability, Enforceability::Userspace { .. })
+            let object_rule = !matches!(rule.enforceability, Enforceability::Userspace { .. })
                 && !rule.entries.is_empty()
                 && rule
                     .kinds
                     .iter()
                     .all(|k| matches!(k, Kind::Open | Kind::Exec));
-            let mut covered = object_rule;
-            if object_rule {
+            // Landlock's policy is one for every launched tree: only rules for every agent.
+            let mut covered = object_rule && rule.agents.is_none();
+            if covered {
                 let mut paths = Vec::new();
                 for entry in &rule.entries {
                     match entry_paths(entry) {
