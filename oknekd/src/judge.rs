@@ -17,6 +17,7 @@ use oknek_protocol::{Header, Request as Frame};
 use serde_json::{Value, json};
 
 use crate::agents::{Agents, ProcKey};
+use crate::alert::{Alert, AlertSink, LogAlerts};
 use crate::config::{Config, TierSwitch};
 use crate::control::{Request, Response};
 use crate::hook::Received;
@@ -80,6 +81,8 @@ pub struct Judge {
     started: Instant,
     /// Some rule reads `exe_sha256`: measure it for every judged event.
     needs_exe_hash: bool,
+    /// Where warn and block decisions are announced.
+    pub alerts: Box<dyn AlertSink>,
     /// Files fanotify protects for opening: never hashed, the daemon must not open them.
     pub never_open: std::collections::HashSet<(u64, u64)>,
 }
@@ -135,6 +138,7 @@ impl Judge {
             tiers: config.tiers,
             started: Instant::now(),
             needs_exe_hash: false,
+            alerts: Box::new(LogAlerts),
             never_open: HashSet::new(),
         })
         .map(|mut judge| {
@@ -253,15 +257,20 @@ impl Judge {
                 capture: &fired.capture,
                 extra: extra.as_ref(),
             };
-            self.append(&firing);
-            if fired.action == Verdict::Warn {
-                notice!(
-                    "oknekd: warn: rule {} ({}) agent {} pid {}",
-                    fired.rule_id,
-                    fired.title,
-                    event.agent().unwrap_or("?"),
-                    event.process.pid
-                );
+            let seq = self.append(&firing);
+            if fired.action != Verdict::Allow {
+                self.alerts.alert(&Alert {
+                    verdict: fired.action,
+                    rule_id: &fired.rule_id,
+                    title: &fired.title,
+                    severity: fired.severity.name(),
+                    agent: event.agent(),
+                    pid: event.process.pid,
+                    uid: event.process.uid,
+                    kind: event.kind().name(),
+                    seq,
+                    event,
+                });
             }
         }
     }
@@ -271,7 +280,7 @@ impl Judge {
         extra.insert("reason".to_owned(), why.into());
         let capture: Vec<Field> = oknek_engine::default_capture(event.kind()).to_vec();
         let digest = self.rules.digest().to_owned();
-        self.append(&Firing {
+        let _ = self.append(&Firing {
             event,
             rule_id,
             rule_title: Some(why),
@@ -282,15 +291,20 @@ impl Judge {
         });
     }
 
-    fn append(&mut self, firing: &Firing<'_>) {
+    /// Writes one bundle; returns its sequence number.
+    fn append(&mut self, firing: &Firing<'_>) -> Option<u64> {
         match self.store.append(firing) {
-            Ok(_) => self.counters.bundles += 1,
+            Ok(appended) => {
+                self.counters.bundles += 1;
+                Some(appended.seq)
+            }
             Err(e) => {
                 self.counters.evidence_errors += 1;
                 warn!(
                     "oknekd: evidence not written for rule {}: {e}",
                     firing.rule_id
                 );
+                None
             }
         }
     }
@@ -426,13 +440,23 @@ impl Judge {
         let Some(hold) = self.holds.remove(&pid) else {
             return Response::err(format!("pid {pid} is not held"));
         };
-        let killed = kill_tree(pid);
         let agent = hold.event.agent().unwrap_or_default().to_owned();
+        // The agent's tree: from the topmost ancestor that is still the same agent.
+        let mut top = pid;
+        for _ in 0..64 {
+            let Ok(parent) = procinfo::stat(top).map(|s| s.ppid) else {
+                break;
+            };
+            if parent <= 1 || self.agents.agent_of(parent).as_deref() != Some(agent.as_str()) {
+                break;
+            }
+            top = parent;
+        }
+        let killed = kill_tree(top);
         self.quarantined.insert(agent.clone());
         self.save_quarantine();
         let why = format!(
-            "operator killed pid {pid} and {} descendants and blocked agent {agent:?} (rule {})",
-            killed.saturating_sub(1),
+            "operator killed the tree of pid {pid} ({killed} processes from pid {top}) and blocked agent {agent:?} (rule {})",
             hold.rule_id
         );
         self.record_synthetic(&hold.event, OPERATOR_BLOCK_RULE, Verdict::Block, &why);

@@ -5,6 +5,7 @@
 //! an inotify watch on the rules directory and a timerfd.
 
 pub mod agents;
+pub mod alert;
 pub mod closer;
 pub mod config;
 pub mod control;
