@@ -5,6 +5,9 @@
 //! The agent is always uid 65534 and treated as hostile. Everything here needs root (fanotify,
 //! seccomp, switching uid); `root_or_skip` prints the skip line otherwise.
 
+// Each test binary that includes this module uses a different subset of it.
+#![allow(dead_code)]
+
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
