@@ -25,7 +25,7 @@ use crate::judge::{Judge, JudgeError};
 use crate::sys::{DirWatch, SignalFd, Ticker};
 use crate::tiers::fanotify::{self, FanotifyTier};
 use crate::tiers::seccomp::{self, Answer, SeccompListener};
-use crate::{config, debug, error, info, kernel, notice, plan, procinfo, warn};
+use crate::{config, debug, error, info, kernel, notice, plan, warn};
 
 const SIGNALS: Token = Token(0);
 const RULES_WATCH: Token = Token(1);
@@ -730,7 +730,7 @@ impl Daemon {
             let Some(agent) = judge.agents.agent_of(pid) else {
                 return fanotify::Answer::Allow;
             };
-            let Ok(mut process) = procinfo::identity(pid) else {
+            let Ok(mut process) = judge.identities.get(pid) else {
                 return fanotify::Answer::Undecided;
             };
             process.pid = req.tid;
@@ -796,7 +796,8 @@ impl Daemon {
                 .is_some_and(|t| t.is_marked(fanotify::ObjectId { dev, ino }))
         };
         let mut decide = |req: &seccomp::SyscallRequest| -> Answer {
-            let Some(mut event) = crate::judge::event_from_seccomp(req) else {
+            let Some(mut event) = crate::judge::event_from_seccomp(req, &mut judge.identities)
+            else {
                 return Answer::Allow;
             };
             // Another name of a protected file is judged as the protected file. An allowed open

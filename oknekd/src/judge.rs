@@ -81,6 +81,8 @@ pub struct Judge {
     started: Instant,
     /// Some rule reads `exe_sha256`: measure it for every judged event.
     needs_exe_hash: bool,
+    /// Recently read process identities.
+    pub identities: procinfo::IdentityCache,
     /// Where warn and block decisions are announced.
     pub alerts: Box<dyn AlertSink>,
     /// Files fanotify protects for opening: never hashed, the daemon must not open them.
@@ -139,6 +141,7 @@ impl Judge {
             started: Instant::now(),
             needs_exe_hash: false,
             alerts: Box::new(LogAlerts),
+            identities: procinfo::IdentityCache::default(),
             never_open: HashSet::new(),
         })
         .map(|mut judge| {
@@ -388,7 +391,7 @@ impl Judge {
                 *path = protected.to_owned();
             }
         }
-        let Ok(mut process) = procinfo::identity(pid) else {
+        let Ok(mut process) = self.identities.get(pid) else {
             // The process is gone: nothing left to protect.
             return 0;
         };
@@ -559,7 +562,10 @@ pub fn kill_tree(pid: u32) -> usize {
 }
 
 /// The event a seccomp notification reports; `None` for socket families oknek does not model.
-pub fn event_from_seccomp(req: &crate::tiers::seccomp::SyscallRequest) -> Option<Event> {
+pub fn event_from_seccomp(
+    req: &crate::tiers::seccomp::SyscallRequest,
+    identities: &mut procinfo::IdentityCache,
+) -> Option<Event> {
     use crate::tiers::seccomp::RequestKind;
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let action = match &req.kind {
@@ -592,11 +598,13 @@ pub fn event_from_seccomp(req: &crate::tiers::seccomp::SyscallRequest) -> Option
             mask: *mask,
         },
     };
-    let mut process = procinfo::identity(req.tgid).unwrap_or_else(|_| oknek_event::Process {
-        pid: req.tgid,
-        tgid: req.tgid,
-        ..Default::default()
-    });
+    let mut process = identities
+        .get(req.tgid)
+        .unwrap_or_else(|_| oknek_event::Process {
+            pid: req.tgid,
+            tgid: req.tgid,
+            ..Default::default()
+        });
     process.pid = req.pid;
     process.agent = Some(req.agent.clone());
     Some(Event {

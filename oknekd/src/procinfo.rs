@@ -259,3 +259,61 @@ mod tests {
         assert_eq!(unescape_mount("/a\\040b"), "/a b");
     }
 }
+
+/// Identities of recently seen processes, so a busy agent is not re-read from /proc (about 15
+/// reads) for every decision.
+///
+/// An entry is used only for the same process — (pid, start time) — running the same
+/// executable (an exec changes it), and for at most [`IdentityCache::TTL`]: what a process can
+/// change about itself without exec (its comm, its cgroup) is at most that stale.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    entries: std::collections::HashMap<(u32, u64), (std::time::Instant, Process)>,
+}
+
+impl IdentityCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX: usize = 4096;
+
+    /// The identity of `pid`, from the cache when still valid.
+    pub fn get(&mut self, pid: u32) -> io::Result<Process> {
+        let start_time = stat(pid)?.start_time;
+        let exe_now = exe(pid)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some((at, cached)) = self.entries.get(&(pid, start_time))
+            && at.elapsed() < Self::TTL
+            && cached.exe == exe_now
+        {
+            return Ok(cached.clone());
+        }
+        let fresh = identity(pid)?;
+        if self.entries.len() >= Self::MAX {
+            self.entries.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+            if self.entries.len() >= Self::MAX {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(
+            (pid, start_time),
+            (std::time::Instant::now(), fresh.clone()),
+        );
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_identity_matches_a_fresh_read() {
+        let me = std::process::id();
+        let mut cache = IdentityCache::default();
+        let first = cache.get(me).unwrap();
+        let second = cache.get(me).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first, identity(me).unwrap());
+        assert!(cache.get(u32::MAX - 1).is_err(), "no such process");
+    }
+}
