@@ -3,7 +3,7 @@
 # Tests that need root and the real kernel run when this runs as root (CI does); run as an
 # ordinary user they report themselves as skipped, with the reason.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 passed=0
 failed=0
