@@ -105,7 +105,11 @@ impl Agents {
 
     /// The agent `pid` belongs to, or `None`. A process that vanished is no agent.
     pub fn agent_of(&mut self, pid: u32) -> Option<Arc<str>> {
-        let key = ProcKey::of(pid).ok()?;
+        self.agent_of_key(ProcKey::of(pid).ok()?)
+    }
+
+    /// [`Agents::agent_of`] for a process whose key the caller already read.
+    pub fn agent_of_key(&mut self, key: ProcKey) -> Option<Arc<str>> {
         if let Some(hit) = self.cache.get(&key) {
             return hit.clone();
         }

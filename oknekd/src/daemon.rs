@@ -727,10 +727,14 @@ impl Daemon {
             let Some(pid) = req.tgid() else {
                 return fanotify::Answer::Undecided;
             };
-            let Some(agent) = judge.agents.agent_of(pid) else {
+            // One read of /proc/PID/stat serves the agent lookup and the identity.
+            let Ok(key) = crate::agents::ProcKey::of(pid) else {
                 return fanotify::Answer::Allow;
             };
-            let Ok(mut process) = judge.identities.get(pid) else {
+            let Some(agent) = judge.agents.agent_of_key(key) else {
+                return fanotify::Answer::Allow;
+            };
+            let Ok(mut process) = judge.identities.get_started(pid, key.start_time) else {
                 return fanotify::Answer::Undecided;
             };
             process.pid = req.tid;

@@ -374,7 +374,11 @@ impl Judge {
     ) -> i32 {
         let _ = header;
         let pid = from.cred.pid;
-        let Some(agent) = self.agents.agent_of(pid) else {
+        // One read of /proc/PID/stat serves the agent lookup and the identity.
+        let Some((key, agent)) = ProcKey::of(pid)
+            .ok()
+            .and_then(|key| Some((key, self.agents.agent_of_key(key)?)))
+        else {
             self.counters.non_agent += 1;
             return 0;
         };
@@ -391,7 +395,7 @@ impl Judge {
                 *path = protected.to_owned();
             }
         }
-        let Ok(mut process) = self.identities.get(pid) else {
+        let Ok(mut process) = self.identities.get_started(pid, key.start_time) else {
             // The process is gone: nothing left to protect.
             return 0;
         };

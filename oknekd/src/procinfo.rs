@@ -277,7 +277,11 @@ impl IdentityCache {
 
     /// The identity of `pid`, from the cache when still valid.
     pub fn get(&mut self, pid: u32) -> io::Result<Process> {
-        let start_time = stat(pid)?.start_time;
+        self.get_started(pid, stat(pid)?.start_time)
+    }
+
+    /// [`IdentityCache::get`] for a process whose start time the caller already read.
+    pub fn get_started(&mut self, pid: u32, start_time: u64) -> io::Result<Process> {
         let exe_now = exe(pid)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
