@@ -81,6 +81,15 @@ enum Dynamic {
     Hook(HookConn),
 }
 
+impl AsRawFd for Dynamic {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Dynamic::Control { stream, .. } => stream.as_raw_fd(),
+            Dynamic::Hook(conn) => conn.as_raw_fd(),
+        }
+    }
+}
+
 pub struct Daemon {
     poll: Poll,
     config: Config,
@@ -456,14 +465,13 @@ impl Daemon {
             return;
         }
         if let Some(source) = self.dynamic.remove(&token) {
-            let fd = match &source {
-                Dynamic::Control { stream, .. } => stream.as_raw_fd(),
-                Dynamic::Hook(conn) => {
-                    self.limits.release(conn.peer.uid);
-                    conn.as_raw_fd()
-                }
-            };
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            if let Dynamic::Hook(conn) = &source {
+                self.limits.release(conn.peer.uid);
+            }
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&source.as_raw_fd()));
             // Fds an agent queued on its connection are released when it closes: not here.
             if let Dynamic::Hook(conn) = source {
                 crate::closer::close_later(conn.into_fd());
@@ -622,10 +630,7 @@ impl Daemon {
         }
         // More frames may be queued: mio is edge-triggered, so come back after the others.
         let _ = self.poll.registry().reregister(
-            &mut SourceFd(&self.dynamic.get(&token).map_or(-1, |d| match d {
-                Dynamic::Hook(c) => c.as_raw_fd(),
-                Dynamic::Control { stream, .. } => stream.as_raw_fd(),
-            })),
+            &mut SourceFd(&self.dynamic.get(&token).map_or(-1, Dynamic::as_raw_fd)),
             token,
             Interest::READABLE,
         );
