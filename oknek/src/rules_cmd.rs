@@ -516,25 +516,10 @@ struct EvidenceSink<'a> {
 impl DecisionSink for EvidenceSink<'_> {
     fn record(&mut self, line: usize, event: &Event, decision: &Decision) -> io::Result<()> {
         for fired in &decision.fired {
-            let extra = fired.quota.as_ref().map(|q| {
-                let mut m = serde_json::Map::new();
-                m.insert("quota".to_owned(), json!(q));
-                m
-            });
-            let firing = oknek_evidence::Firing {
-                event,
-                rule_id: &fired.rule_id,
-                rule_title: Some(&fired.title),
-                verdict: fired.action,
-                rule_set_digest: &self.digest,
-                capture: &fired.capture,
-                extra: extra.as_ref(),
-            };
             let Some(store) = &mut self.store else {
                 return Err(io::Error::other("evidence store already closed"));
             };
-            store
-                .append(&firing)
+            oknekd::judge::with_firing(event, &self.digest, fired, |firing| store.append(firing))
                 .map_err(|e| io::Error::other(format!("evidence: {e}")))?;
         }
         if let Some(store) = &mut self.store {

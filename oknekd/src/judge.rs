@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oknek_engine::{Decision, EvalContext, QuotaLedger, RuleSet};
+use oknek_engine::{Decision, EvalContext, Fired, QuotaLedger, RuleSet};
 use oknek_event::{Action, Event, Field, Mechanism, SockAddr, Timestamp, Verdict};
 use oknek_evidence::{Firing, Store, StoreConfig};
 use oknek_protocol::{Header, Request as Frame};
@@ -243,24 +243,7 @@ impl Judge {
 
     fn record(&mut self, event: &Event, rules: &RuleSet, decision: &Decision) {
         for fired in &decision.fired {
-            let extra = fired.quota.as_ref().map(|q| {
-                let mut m = serde_json::Map::new();
-                m.insert(
-                    "quota".to_owned(),
-                    serde_json::to_value(q).unwrap_or(Value::Null),
-                );
-                m
-            });
-            let firing = Firing {
-                event,
-                rule_id: &fired.rule_id,
-                rule_title: Some(&fired.title),
-                verdict: fired.action,
-                rule_set_digest: rules.digest(),
-                capture: &fired.capture,
-                extra: extra.as_ref(),
-            };
-            let seq = self.append(&firing);
+            let seq = with_firing(event, rules.digest(), fired, |firing| self.append(firing));
             if fired.action != Verdict::Allow {
                 self.alerts.alert(&Alert {
                     verdict: fired.action,
@@ -522,6 +505,34 @@ impl Judge {
     pub fn tier_enabled(&self, switch: fn(&crate::config::Tiers) -> TierSwitch) -> TierSwitch {
         switch(&self.tiers)
     }
+}
+
+/// The evidence input for one fired rule: the engine's decision in the evidence store's terms,
+/// with the quota state when the rule has a quota. The daemon and `oknek simulate --state-dir`
+/// both record through this, so their bundles cannot drift apart.
+pub fn with_firing<R>(
+    event: &Event,
+    rule_set_digest: &str,
+    fired: &Fired,
+    record: impl FnOnce(&Firing<'_>) -> R,
+) -> R {
+    let extra = fired.quota.as_ref().map(|q| {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "quota".to_owned(),
+            serde_json::to_value(q).unwrap_or(Value::Null),
+        );
+        m
+    });
+    record(&Firing {
+        event,
+        rule_id: &fired.rule_id,
+        rule_title: Some(&fired.title),
+        verdict: fired.action,
+        rule_set_digest,
+        capture: &fired.capture,
+        extra: extra.as_ref(),
+    })
 }
 
 fn short_digest(digest: &str) -> &str {
