@@ -5,7 +5,9 @@
 #      which `oknek verify` then checks;
 #   3. as root: oknekd starts on a default configuration and an agent launched with `oknek run`,
 #      running as an ordinary user, is refused a fake SSH key by the kernel while the same read
-#      outside oknek succeeds; the block is in the evidence and the store verifies.
+#      outside oknek succeeds; the block is in the evidence and the store verifies;
+#   4. as root: the eBPF tier refuses an agent's connect in the kernel, and keeps refusing while
+#      oknekd is killed and restarted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +19,12 @@ bin=$PWD/target/release
 demo=$(mktemp -d /tmp/oknek-demo.XXXXXX)
 chmod 755 "$demo"
 daemon_pid=
+listener_pid=
+pins=/sys/fs/bpf/oknek-demo-$$
 cleanup() {
     [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+    [ -n "$listener_pid" ] && kill "$listener_pid" 2>/dev/null
+    [ -d "$pins" ] && "$bin/oknekd" --uninstall-probes --bpf-pin-dir "$pins" >/dev/null
     [ -n "${demo_home:-}" ] && rm -rf "$demo_home"
     rm -rf "$demo"
 }
@@ -57,7 +63,7 @@ start_daemon() {
     local name=$1 config=$2
     mkdir -p "$demo/$name"
     printf '%s\n' "$config" > "$demo/$name/oknek.yaml"
-    "$bin/oknekd" --config "$demo/$name/oknek.yaml" --rules-dir rules \
+    "$bin/oknekd" --config "$demo/$name/oknek.yaml" --rules-dir "${rules_dir:-rules}" \
         --state-dir "$demo/$name/state" --runtime-dir "$demo/$name/run" 2> "$demo/$name/oknekd.log" &
     daemon_pid=$!
     for _ in $(seq 100); do [ -S "$demo/$name/run/control.sock" ] && break; sleep 0.1; done
@@ -75,16 +81,16 @@ expect_blocked() {
     echo "   -> refused, as it should be"
 }
 
-say "1/3 oknek run (seccomp user-notify + Landlock), default configuration"
-start_daemon run ""
+say "1/4 oknek run (seccomp user-notify + Landlock); the eBPF tier is shown in 4/4"
+start_daemon run "tiers: {ebpf: off}"
 say "as user nobody, not an agent: cat ~/.ssh/id_ed25519"
 as_user cat "$key"
 say "as user nobody, launched as an agent: oknek run --agent demo -- cat ~/.ssh/id_ed25519"
 expect_blocked as_user "$bin/oknek" --runtime-dir "$demo/run/run" run --agent demo -- cat "$key"
 stop_daemon run
 
-say "2/3 fanotify permission events: every process of uid 65534 is the agent 'demo'"
-start_daemon fanotify "agents: [{name: demo, uid: [65534]}]"
+say "2/4 fanotify permission events: every process of uid 65534 is the agent 'demo'"
+start_daemon fanotify "$(printf 'tiers: {ebpf: off}\nagents: [{name: demo, uid: [65534]}]')"
 say "as user nobody: cat ~/.ssh/id_ed25519, and through a hard link"
 expect_blocked as_user cat "$key"
 ln "$key" "$demo/hardlink"
@@ -94,10 +100,39 @@ say "as root (not an agent): the same read works"
 head -n 1 "$key"
 stop_daemon fanotify
 
-say "3/3 the LD_PRELOAD shim (fanotify switched off to show the weakest tier alone)"
-start_daemon preload "$(printf 'tiers: {fanotify: off}\nagents: [{name: demo, uid: [65534]}]')"
+say "3/4 the LD_PRELOAD shim (the kernel tiers switched off to show the weakest tier alone)"
+start_daemon preload "$(printf 'tiers: {ebpf: off, fanotify: off}\nagents: [{name: demo, uid: [65534]}]')"
 say "as user nobody with LD_PRELOAD=oknek_preload.so: cat ~/.ssh/id_ed25519"
 expect_blocked as_user env OKNEK_RUNTIME_DIR="$demo/preload/run" \
     LD_PRELOAD="$bin/liboknek_preload.so" cat "$key"
 stop_daemon preload
+
+say "4/4 the eBPF tier: a destination refused in the kernel, with no round trip to oknekd"
+python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True: s.accept()[0].close()' > "$demo/port" &
+listener_pid=$!
+for _ in $(seq 50); do [ -s "$demo/port" ] && break; sleep 0.1; done
+port=$(cat "$demo/port")
+rules_dir=$demo/rules
+cp -r rules "$rules_dir"
+printf 'oknek_rules: 1\nrules:\n  - id: DEMO.connect\n    title: Demo destination refused in the kernel\n    kind: [connect, send]\n    match: { addr: 127.0.0.1, port: %s }\n    action: block\n' \
+    "$port" > "$rules_dir/90-demo.yaml"
+start_daemon ebpf "$(printf 'paths: {bpf_pin_dir: %s}\ntiers: {ebpf: on}\nagents: [{name: demo, uid: [65534]}]' "$pins")"
+"$bin/oknek" --runtime-dir "$demo/ebpf/run" doctor | sed -n '/^action/,/^any/p'
+connect() { "$@" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && echo '   connected'"; }
+say "as user nobody (the agent): connect to 127.0.0.1:$port"
+expect_blocked connect as_user
+say "as root (not an agent): the same connect works"
+connect env
+say "kill -9 oknekd: the pinned programs keep refusing while nothing runs in userspace"
+kill -9 "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
+expect_blocked connect as_user
+say "restart: oknekd adopts the pinned probes and records what they refused meanwhile"
+start_daemon ebpf "$(cat "$demo/ebpf/oknek.yaml")"
+sleep 1
+stop_daemon ebpf
+"$bin/oknekd" --uninstall-probes --bpf-pin-dir "$pins"
 say "done"

@@ -73,7 +73,7 @@ pub fn main(cmd: &str, parser: &mut lexopt::Parser, global: &Global) -> Result<E
         Err(e) if cmd == "doctor" => {
             eprintln!("oknek: {e}\noknek: showing what this kernel offers without the daemon:\n");
             let facts = oknekd::kernel::probe(&std::env::temp_dir());
-            let table = oknekd::judge::doctor_table(&facts, None);
+            let table = oknekd::judge::doctor_table(&facts, None, None);
             print_value(cmd, &table, json);
             return Ok(ExitCode::SUCCESS);
         }
@@ -185,6 +185,18 @@ fn print_doctor(map: &serde_json::Map<String, Json>) {
                 "{:<10} {:<31} {}",
                 r["action"].as_str().unwrap_or("?"),
                 r["tier"].as_str().unwrap_or("?"),
+                r["why"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(Json::Array(rules)) = map.get("userspace_rules")
+        && !rules.is_empty()
+    {
+        println!("\nblock rules (or parts) the kernel maps cannot hold, decided in userspace:");
+        for r in rules {
+            println!(
+                "  {:<24} {}",
+                r["rule"].as_str().unwrap_or("?"),
                 r["why"].as_str().unwrap_or("")
             );
         }

@@ -6,10 +6,11 @@
 //!   rules_dir: /var/lib/oknek/rules/active
 //!   state_dir: /var/lib/oknek
 //!   runtime_dir: /run/oknek
+//!   bpf_pin_dir: /sys/fs/bpf/oknek
 //! fail_mode: closed          # what a tier does when no verdict can be reached: open | closed
 //! decision_timeout_ms: 200   # how long a waiting tier (preload) waits for a verdict
 //! control_gid: 0             # members of this numeric group may use the control socket
-//! tiers: { fanotify: auto, seccomp: auto, preload: auto }
+//! tiers: { ebpf: auto, fanotify: auto, seccomp: auto, preload: auto }
 //! agents:
 //!   - name: claude-code
 //!     exe: [/usr/local/bin/claude]
@@ -89,6 +90,9 @@ pub struct Paths {
     pub rules_dir: PathBuf,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
+    /// Where the eBPF probes pin their maps and links (a bpffs directory): what is pinned
+    /// keeps enforcing while the daemon restarts.
+    pub bpf_pin_dir: PathBuf,
 }
 
 impl Default for Paths {
@@ -97,6 +101,7 @@ impl Default for Paths {
             rules_dir: PathBuf::from("/var/lib/oknek/rules/active"),
             state_dir: PathBuf::from("/var/lib/oknek"),
             runtime_dir: PathBuf::from("/run/oknek"),
+            bpf_pin_dir: PathBuf::from("/sys/fs/bpf/oknek"),
         }
     }
 }
@@ -123,6 +128,8 @@ pub enum TierSwitch {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tiers {
+    /// The eBPF probes: BPF LSM (or cgroup sock_addr) enforcement and tracepoint observation.
+    pub ebpf: TierSwitch,
     pub fanotify: TierSwitch,
     pub seccomp: TierSwitch,
     pub preload: TierSwitch,

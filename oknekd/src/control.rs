@@ -43,6 +43,26 @@ pub enum Request {
     Unblock {
         agent: String,
     },
+    /// Authorise a model call before it is made (the model gateway asks).
+    ModelCall(ModelCallRequest),
+}
+
+/// `{"cmd":"model_call","pid":4242,"provider":"openai","model":"gpt-4o-mini","api":"openai",
+/// "dest":"127.0.0.1:8080"}` → `{"verdict":"allow|warn|block","rules":[{"id","title","action"}],
+/// "agent":…,"caller":{…}}`. The caller is identified by pid (from the kernel's peer
+/// credentials of its connection to the gateway), never by what it claims.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCallRequest {
+    pub pid: u32,
+    pub provider: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub api: Option<String>,
+    /// The upstream address the call goes to, `ip:port`.
+    #[serde(default)]
+    pub dest: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

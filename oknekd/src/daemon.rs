@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use oknek_event::{Action, Kind, Mechanism};
 use oknek_protocol::{self as proto, MAX_FRAME};
 
 use crate::config::{Config, ConfigError};
@@ -23,9 +24,10 @@ use crate::control::{self, Request, Response};
 use crate::hook::{self, ConnLimits, HookConn, HookListener};
 use crate::judge::{Judge, JudgeError};
 use crate::sys::{DirWatch, SignalFd, Ticker};
+use crate::tiers::ebpf::EbpfTier;
 use crate::tiers::fanotify::{self, FanotifyTier};
 use crate::tiers::seccomp::{self, Answer, SeccompListener};
-use crate::{config, debug, error, info, kernel, notice, plan, warn};
+use crate::{config, debug, error, info, kernel, notice, plan, procinfo, warn};
 
 const SIGNALS: Token = Token(0);
 const RULES_WATCH: Token = Token(1);
@@ -33,6 +35,7 @@ const TICK: Token = Token(2);
 const CONTROL: Token = Token(3);
 const HOOK: Token = Token(4);
 const FANOTIFY: Token = Token(5);
+const EBPF: Token = Token(6);
 /// Tokens from here on are connections and tiers, allocated as they come.
 const FIRST_DYNAMIC: usize = 16;
 
@@ -60,6 +63,7 @@ pub struct Overrides {
     pub rules_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub runtime_dir: Option<PathBuf>,
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -72,6 +76,9 @@ impl Overrides {
         }
         if let Some(d) = &self.runtime_dir {
             config.paths.runtime_dir = d.clone();
+        }
+        if let Some(d) = &self.bpf_pin_dir {
+            config.paths.bpf_pin_dir = d.clone();
         }
     }
 }
@@ -115,6 +122,10 @@ pub struct Daemon {
     seccomp_uid: HashMap<Token, u32>,
     listener_limits: ConnLimits,
     fanotify: Option<FanotifyTier>,
+    /// The eBPF probes, when the config and the kernel allow them.
+    ebpf: Option<EbpfTier>,
+    /// What the kernel accepted when the daemon probed it at start.
+    bpf_support: Option<oknek_bpf::Support>,
     /// What the current rules let userspace tiers enforce in the kernel, and how.
     plan: plan::TierPlan,
 }
@@ -200,13 +211,92 @@ impl Daemon {
             seccomp_uid: HashMap::new(),
             listener_limits: ConnLimits::listeners(),
             fanotify: None,
+            ebpf: None,
+            bpf_support: None,
             plan: plan::TierPlan::default(),
         })
         .and_then(|mut daemon| {
+            daemon.start_ebpf()?;
             daemon.start_fanotify()?;
             daemon.arm_tiers();
+            daemon.track_running_agents();
             Ok(daemon)
         })
+    }
+
+    /// Loads (or adopts, after a restart) the eBPF probes when the config and the kernel allow
+    /// them. `tiers.ebpf: on` makes a failure fatal; `auto` logs it and goes on without.
+    fn start_ebpf(&mut self) -> Result<(), DaemonError> {
+        let switch = self.config.tiers.ebpf;
+        if switch == config::TierSwitch::Off {
+            return Ok(());
+        }
+        let support = oknek_bpf::probe_support();
+        let usable = support.lsm.available
+            || (support.cgroup_sock_addr.available && support.cgroup2.is_some())
+            || support.tracepoint.available;
+        let result = if usable {
+            EbpfTier::start(
+                &self.config.paths.bpf_pin_dir,
+                &self.config.paths.state_dir,
+                &support,
+            )
+            .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "the kernel accepts no eBPF program oknek uses (lsm: {}; cgroup sock_addr: {}; tracepoint: {})",
+                support.lsm.detail, support.cgroup_sock_addr.detail, support.tracepoint.detail
+            ))
+        };
+        self.bpf_support = Some(support);
+        match result {
+            Ok(tier) => {
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&tier.ring_fd()), EBPF, Interest::READABLE)
+                    .map_err(io_err("epoll registration"))?;
+                notice!(
+                    "oknekd: eBPF probes {} under {}",
+                    match tier.start {
+                        oknek_bpf::Start::Fresh => "loaded",
+                        oknek_bpf::Start::Adopted => "adopted (they kept enforcing)",
+                        oknek_bpf::Start::Upgraded => "upgraded without a gap",
+                    },
+                    self.config.paths.bpf_pin_dir.display()
+                );
+                self.ebpf = Some(tier);
+                Ok(())
+            }
+            Err(e) if switch == config::TierSwitch::Auto => {
+                warn!("oknekd: eBPF tier unavailable ({e}); the other tiers decide");
+                Ok(())
+            }
+            Err(e) => Err(DaemonError::Io {
+                what: "eBPF tier (tiers.ebpf: on)".into(),
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+
+    /// Marks the agent processes already running in the kernel's agent map (the kernel only
+    /// sees new agents at exec and fork).
+    fn track_running_agents(&mut self) {
+        let Some(tier) = &mut self.ebpf else { return };
+        let mut tracked = 0usize;
+        for tgid in procinfo::all_pids() {
+            if tgid == std::process::id() {
+                continue;
+            }
+            if let Some(agent) = self.judge.agents.agent_of(tgid) {
+                match tier.track(tgid, &agent) {
+                    Ok(()) => tracked += 1,
+                    Err(e) => warn!("oknekd: eBPF: tracking pid {tgid}: {e}"),
+                }
+            }
+        }
+        if tracked > 0 {
+            info!("oknekd: eBPF: {tracked} running agent processes tracked");
+        }
     }
 
     /// Opens the fanotify group when the config and the kernel allow it. `tiers.fanotify: on`
@@ -214,6 +304,14 @@ impl Daemon {
     fn start_fanotify(&mut self) -> Result<(), DaemonError> {
         let switch = self.config.tiers.fanotify;
         if switch == config::TierSwitch::Off {
+            return Ok(());
+        }
+        if switch == config::TierSwitch::Auto
+            && let Some(tier) = &self.ebpf
+            && tier.enforcer(Kind::Open) == Some(Mechanism::BpfLsm)
+            && tier.enforcer(Kind::Exec) == Some(Mechanism::BpfLsm)
+        {
+            info!("oknekd: fanotify not armed: BPF LSM refuses open and exec in the kernel");
             return Ok(());
         }
         raise_fd_limit();
@@ -281,6 +379,22 @@ impl Daemon {
             }
         }
         self.judge.armed.insert("fanotify", self.fanotify.is_some());
+        if let Some(tier) = &mut self.ebpf {
+            let result = tier
+                .set_agents(&self.config.agents)
+                .and_then(|()| tier.set_rules(&self.judge.rules().kernel_plan()));
+            match result {
+                Ok(()) => {
+                    let kernel = tier.coverage.iter().filter(|c| c.entries > 0).count();
+                    info!(
+                        "oknekd: eBPF: {kernel} block rules compiled into the kernel maps, {} rules decided in userspace",
+                        tier.coverage.len() - kernel
+                    );
+                }
+                Err(e) => error!("oknekd: eBPF: updating the kernel maps failed: {e}"),
+            }
+        }
+        self.judge.armed.insert("ebpf", self.ebpf.is_some());
         let preload_on = self.config.tiers.preload != config::TierSwitch::Off;
         if preload_on {
             // A new generation per publication; time-based so it also grows across restarts.
@@ -361,10 +475,22 @@ impl Daemon {
             TICK => {
                 self.ticker.drain();
                 self.judge.periodic();
+                if let Some(tier) = &mut self.ebpf {
+                    let added = tier.refresh_cgroup_agents(&self.config.agents);
+                    if added > 0 {
+                        info!("oknekd: eBPF: {added} processes of agent cgroups tracked");
+                    }
+                    let lost = tier.take_lost();
+                    if lost > 0 {
+                        warn!("oknekd: eBPF: {lost} kernel events lost (ring buffer full)");
+                        self.judge.record_gap(lost, "eBPF ring buffer full");
+                    }
+                }
             }
             CONTROL => self.accept_control(),
             HOOK => self.accept_hooks(),
             FANOTIFY => self.serve_fanotify(),
+            EBPF => self.serve_ebpf(),
             other => self.on_dynamic(other),
         }
     }
@@ -563,8 +689,26 @@ impl Daemon {
         let response = match request {
             Ok(Request::Reload {}) => self.reload("oknek reload"),
             Ok(Request::Doctor {}) => {
-                let facts = kernel::probe(&self.config.paths.runtime_dir);
-                Response::ok(self.judge.doctor(&facts))
+                let mut facts = kernel::probe(&self.config.paths.runtime_dir);
+                let ebpf = self.ebpf_view();
+                if let Some(support) = &self.bpf_support {
+                    facts.facilities.extend(kernel::bpf_facilities(support));
+                }
+                Response::ok(self.judge.doctor(&facts, ebpf.as_ref()))
+            }
+            Ok(Request::Status {}) => {
+                let mut status = self.judge.status();
+                if let Some(tier) = &self.ebpf {
+                    status["ebpf"] = serde_json::json!({
+                        "pin_dir": self.config.paths.bpf_pin_dir,
+                        "start": format!("{:?}", tier.start).to_lowercase(),
+                        "lost_events": tier.lost_total(),
+                        "enforcing": Kind::ALL.iter().filter_map(|k| {
+                            tier.enforcer(*k).map(|m| (k.name(), m.name()))
+                        }).collect::<std::collections::BTreeMap<_, _>>(),
+                    });
+                }
+                Response::ok(status)
             }
             Ok(other) => self.judge.control(other),
             Err(e) => Response::err(e),
@@ -714,11 +858,76 @@ impl Daemon {
         self.seccomp.insert(token, listener);
         self.seccomp_uid.insert(token, uid);
         self.judge.agents.register_launch(root, agent);
+        if let Some(tier) = &mut self.ebpf
+            && let Err(e) = tier.track(pid, agent)
+        {
+            warn!("oknekd: eBPF: tracking oknek run tree of pid {pid}: {e}");
+        }
         info!(
             "oknekd: oknek run: agent {agent:?} launched by pid {pid} (uid {})",
             received.cred.uid
         );
         0
+    }
+
+    /// What `oknek doctor` says of the eBPF tier.
+    fn ebpf_view(&self) -> Option<crate::judge::EbpfView> {
+        if self.config.tiers.ebpf == config::TierSwitch::Off {
+            return Some(crate::judge::EbpfView::Off);
+        }
+        let support = self.bpf_support.as_ref()?;
+        Some(match &self.ebpf {
+            Some(tier) => crate::judge::EbpfView::Armed {
+                enforcers: [
+                    Kind::Exec,
+                    Kind::Open,
+                    Kind::Connect,
+                    Kind::Send,
+                    Kind::Watch,
+                ]
+                .into_iter()
+                .filter_map(|k| tier.enforcer(k).map(|m| (k, m)))
+                .collect(),
+                lsm: support.lsm.detail.clone(),
+                cgroup: support.cgroup_sock_addr.detail.clone(),
+                userspace_rules: tier
+                    .coverage
+                    .iter()
+                    .filter(|c| !c.userspace.is_empty())
+                    .map(|c| (c.rule.clone(), c.userspace.join("; ")))
+                    .collect(),
+            },
+            None => crate::judge::EbpfView::Unavailable {
+                why: format!(
+                    "lsm: {}; cgroup sock_addr: {}",
+                    support.lsm.detail, support.cgroup_sock_addr.detail
+                ),
+            },
+        })
+    }
+
+    /// Records what the probes reported: refusals the kernel already made, and observations
+    /// judged now.
+    fn serve_ebpf(&mut self) {
+        let Some(tier) = &mut self.ebpf else { return };
+        let judge = &mut self.judge;
+        let plan = &self.plan;
+        let fanotify_armed = self.fanotify.is_some();
+        for (event, refused_by) in tier.drain(&mut judge.identities) {
+            if let Some(rule) = refused_by {
+                judge.record_kernel_refusal(&event, &rule);
+                continue;
+            }
+            // Opens and execs of objects fanotify protects are decided (and recorded) there.
+            if fanotify_armed
+                && let Action::Open { path, .. } | Action::Exec { path, .. } = &event.action
+                && std::fs::metadata(path)
+                    .is_ok_and(|md| plan.protected_path(md.dev(), md.ino()).is_some())
+            {
+                continue;
+            }
+            judge.decide_observed(&event);
+        }
     }
 
     /// Answers the kernel's pending permission questions about protected objects.

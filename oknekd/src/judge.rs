@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::agents::{Agents, ProcKey};
 use crate::alert::{Alert, AlertSink, LogAlerts};
 use crate::config::{Config, TierSwitch};
-use crate::control::{Request, Response};
+use crate::control::{self, Request, Response};
 use crate::hook::Received;
 use crate::kernel::{self, KernelFacts};
 use crate::{notice, procinfo, warn};
@@ -31,6 +31,17 @@ pub const OPERATOR_ALLOW_RULE: &str = "oknek.operator.allow";
 pub const OPERATOR_BLOCK_RULE: &str = "oknek.operator.block";
 /// Rule id of a refusal to open a fanotify-protected object through seccomp emulation.
 pub const PROTECTED_OBJECT_RULE: &str = "oknek.protected_object";
+/// The kernel refused an event by a rule the current rule set no longer blocks it with (the
+/// rules were reloaded while the event waited in the ring buffer).
+pub const KERNEL_REFUSAL_RULE: &str = "oknek.kernel_refusal";
+/// Events the kernel could not hand over (ring buffer full): a gap, recorded as such.
+pub const EVENTS_LOST_RULE: &str = "oknek.events_lost";
+/// A model call no rule fired on: recorded anyway, every model call decision is evidence.
+pub const MODEL_CALL_RULE: &str = "oknek.model_call";
+
+/// How long a decision taken before a syscall ran suppresses the kernel's observation of it.
+const RECENT_TTL: Duration = Duration::from_secs(5);
+const RECENT_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JudgeError {
@@ -87,6 +98,11 @@ pub struct Judge {
     pub alerts: Box<dyn AlertSink>,
     /// Files fanotify protects for opening: never hashed, the daemon must not open them.
     pub never_open: std::collections::HashSet<(u64, u64)>,
+    /// Calls a deciding tier (preload, seccomp) judged before they ran, so the eBPF tier's
+    /// observation of the same call is not recorded a second time.
+    recent: HashMap<(u32, String), Instant>,
+    /// A pinned clock for tests of time windows (see [`Judge::clock_now`]).
+    fixed_clock: Option<Timestamp>,
 }
 
 fn load_rules(dir: &Path) -> Result<RuleSet, JudgeError> {
@@ -143,6 +159,14 @@ impl Judge {
             alerts: Box::new(LogAlerts),
             identities: procinfo::IdentityCache::default(),
             never_open: HashSet::new(),
+            recent: HashMap::new(),
+            fixed_clock: std::env::var("OKNEK_TEST_CLOCK")
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .map(|secs| {
+                    warn!("oknekd: OKNEK_TEST_CLOCK is set: model calls are judged at unix time {secs}, not now");
+                    Timestamp::from_secs(secs)
+                }),
         })
         .map(|mut judge| {
             judge.needs_exe_hash = judge.rules.uses_field(Field::ExeSha256);
@@ -187,8 +211,88 @@ impl Judge {
         )
     }
 
-    /// Judges one event of an agent process and records the outcome.
+    /// Judges one event of an agent process, before it happens, and records the outcome.
     pub fn decide(&mut self, event: &Event) -> Verdict {
+        if matches!(event.source, Mechanism::Preload | Mechanism::Seccomp) {
+            if self.recent.len() >= RECENT_MAX {
+                let now = Instant::now();
+                self.recent
+                    .retain(|_, at| now.duration_since(*at) < RECENT_TTL);
+                if self.recent.len() >= RECENT_MAX {
+                    self.recent.clear();
+                }
+            }
+            self.recent.insert(call_key(event), Instant::now());
+        }
+        self.decide_as(event, true)
+    }
+
+    /// Judges an event the kernel reports after letting it through (a tracepoint, or a hook
+    /// that found no kernel rule): recorded like any decision, but a block is marked as not
+    /// enforced, and a hold still stops the agent. `None` when a deciding tier already judged
+    /// the same call.
+    pub fn decide_observed(&mut self, event: &Event) -> Option<Verdict> {
+        if let Some(at) = self.recent.remove(&call_key(event))
+            && at.elapsed() < RECENT_TTL
+        {
+            return None;
+        }
+        Some(self.decide_as(event, false))
+    }
+
+    /// Records an event the kernel refused by `rule_id`. The event is judged again so every
+    /// rule it fires is recorded; if the current rules do not block it (they were reloaded
+    /// since), the kernel's refusal is recorded on its own.
+    pub fn record_kernel_refusal(&mut self, event: &Event, rule_id: &str) {
+        if self.decide_as(event, true) != Verdict::Block {
+            self.counters.blocked += 1;
+            self.record_synthetic(
+                event,
+                KERNEL_REFUSAL_RULE,
+                Verdict::Block,
+                &format!("refused in the kernel by rule {rule_id} of an earlier rule set"),
+            );
+        }
+    }
+
+    /// Records that `lost` kernel events were dropped before the daemon could read them.
+    pub fn record_gap(&mut self, lost: u64, what: &str) {
+        let mut extra = serde_json::Map::new();
+        extra.insert("lost_events".to_owned(), lost.into());
+        extra.insert("reason".to_owned(), what.into());
+        let me = std::process::id();
+        let event = Event {
+            time: Timestamp::now(),
+            source: Mechanism::Tracepoint,
+            process: procinfo::identity(me).unwrap_or_else(|_| oknek_event::Process {
+                pid: me,
+                tgid: me,
+                ..Default::default()
+            }),
+            action: Action::Watch {
+                path: what.to_owned(),
+                mask: 0,
+            },
+        };
+        let digest = self.rules.digest().to_owned();
+        let capture: Vec<Field> = oknek_engine::default_capture(event.kind()).to_vec();
+        let _ = self.append(&Firing {
+            event: &event,
+            rule_id: EVENTS_LOST_RULE,
+            rule_title: Some("kernel events lost: evidence has a gap here"),
+            verdict: Verdict::Warn,
+            rule_set_digest: &digest,
+            capture: &capture,
+            extra: Some(&extra),
+        });
+    }
+
+    fn decide_as(&mut self, event: &Event, enforced: bool) -> Verdict {
+        self.decide_full(event, enforced).0
+    }
+
+    /// Judges and records; also returns the rules that fired (id, title, action).
+    fn decide_full(&mut self, event: &Event, enforced: bool) -> (Verdict, Vec<Value>) {
         let measured;
         let event = if self.needs_exe_hash && event.process.exe_sha256.is_none() {
             measured = self.with_exe_hash(event);
@@ -212,7 +316,7 @@ impl Judge {
                 let mut ctx = EvalContext::new(&mut self.quotas, self.store.baseline());
                 rules.evaluate(event, &mut ctx)
             };
-            self.record(event, &rules, &decision);
+            self.record(event, &rules, &decision, enforced);
             (decision.verdict, Some(decision))
         };
         self.store.observe(event);
@@ -221,10 +325,89 @@ impl Judge {
             Verdict::Warn => self.counters.warned += 1,
             Verdict::Block => self.counters.blocked += 1,
         }
+        let fired = decision.as_ref().map_or_else(
+            || vec![json!({ "id": QUARANTINE_RULE, "title": "agent is blocked by an operator", "action": "block" })],
+            |d| {
+                d.fired
+                    .iter()
+                    .map(|f| json!({ "id": &*f.rule_id, "title": &*f.title, "action": f.action.name() }))
+                    .collect()
+            },
+        );
         if let Some(decision) = decision.filter(Decision::hold) {
             self.hold(event, &decision);
         }
-        verdict
+        (verdict, fired)
+    }
+
+    /// Authorises a model call before it is made (asked by the model gateway). Every call is
+    /// recorded: when no rule fires, an allow bundle says so.
+    fn model_call(&mut self, call: control::ModelCallRequest) -> Response {
+        let mut process = match self.identities.get(call.pid) {
+            Ok(p) => p,
+            Err(e) => return Response::err(format!("caller pid {}: {e}", call.pid)),
+        };
+        if process.exe_sha256.is_none() {
+            process.exe_sha256 = self.agents.exe_hash(call.pid, Path::new(&process.exe));
+        }
+        process.agent = self.agents.agent_of(call.pid).map(|a| a.to_string());
+        let dest = call
+            .dest
+            .as_deref()
+            .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
+            .map(|a| match a {
+                std::net::SocketAddr::V4(v4) => SockAddr::Inet {
+                    addr: *v4.ip(),
+                    port: v4.port(),
+                },
+                std::net::SocketAddr::V6(v6) => SockAddr::Inet6 {
+                    addr: *v6.ip(),
+                    port: v6.port(),
+                },
+            });
+        let event = Event {
+            time: self.clock_now(),
+            source: Mechanism::Gateway,
+            process,
+            action: Action::ModelCall {
+                provider: call.provider,
+                model: call.model,
+                api: call.api,
+                dest,
+                weights: None,
+            },
+        };
+        let (verdict, fired) = if event.agent().is_some() {
+            self.decide_full(&event, true)
+        } else {
+            (Verdict::Allow, Vec::new())
+        };
+        if fired.is_empty() {
+            let why = if event.agent().is_some() {
+                "no rule fired: the call is allowed"
+            } else {
+                "the caller is not an agent: rules do not apply"
+            };
+            self.record_synthetic(&event, MODEL_CALL_RULE, Verdict::Allow, why);
+        }
+        Response::ok(json!({
+            "verdict": verdict.name(),
+            "rules": fired,
+            "agent": event.agent(),
+            "caller": {
+                "pid": event.process.pid,
+                "uid": event.process.uid,
+                "exe": event.process.exe,
+                "exe_sha256": event.process.exe_sha256,
+                "unit": event.process.unit,
+            },
+        }))
+    }
+
+    /// The time model calls are judged at; tests pin it (`OKNEK_TEST_CLOCK`, unix seconds, in
+    /// the daemon's environment) to judge time windows deterministically.
+    fn clock_now(&self) -> Timestamp {
+        self.fixed_clock.unwrap_or_else(Timestamp::now)
     }
 
     /// The event with the sha256 of the process's executable (read through /proc/PID/exe, so
@@ -241,9 +424,24 @@ impl Judge {
         event
     }
 
-    fn record(&mut self, event: &Event, rules: &RuleSet, decision: &Decision) {
+    fn record(&mut self, event: &Event, rules: &RuleSet, decision: &Decision, enforced: bool) {
         for fired in &decision.fired {
-            let seq = with_firing(event, rules.digest(), fired, |firing| self.append(firing));
+            let seq = with_firing(event, rules.digest(), fired, |firing| {
+                if enforced || firing.verdict != Verdict::Block {
+                    return self.append(firing);
+                }
+                // The call already happened: say so in the signed record.
+                let mut extra = firing.extra.cloned().unwrap_or_default();
+                extra.insert("enforced".to_owned(), false.into());
+                extra.insert(
+                    "reason".to_owned(),
+                    "observed by the kernel after the call; no tier refused it".into(),
+                );
+                self.append(&Firing {
+                    extra: Some(&extra),
+                    ..*firing
+                })
+            });
             if fired.action != Verdict::Allow {
                 self.alerts.alert(&Alert {
                     verdict: fired.action,
@@ -410,6 +608,7 @@ impl Judge {
                     Response::err(format!("agent {agent:?} is not blocked"))
                 }
             }
+            Request::ModelCall(call) => self.model_call(call),
             Request::Reload {} | Request::Doctor {} => Response::err("handled by the loop"),
         }
     }
@@ -498,8 +697,8 @@ impl Judge {
         })
     }
 
-    pub fn doctor(&self, facts: &KernelFacts) -> Value {
-        doctor_table(facts, Some(&self.armed))
+    pub fn doctor(&self, facts: &KernelFacts, ebpf: Option<&EbpfView>) -> Value {
+        doctor_table(facts, Some(&self.armed), ebpf)
     }
 
     pub fn tier_enabled(&self, switch: fn(&crate::config::Tiers) -> TierSwitch) -> TierSwitch {
@@ -533,6 +732,20 @@ pub fn with_firing<R>(
         capture: &fired.capture,
         extra: extra.as_ref(),
     })
+}
+
+/// What identifies one call across tiers: the thread and the call's target.
+fn call_key(event: &Event) -> (u32, String) {
+    let target = match &event.action {
+        Action::Exec { path, .. } | Action::Open { path, .. } | Action::Watch { path, .. } => {
+            format!("{}:{path}", event.kind().name())
+        }
+        Action::Connect { dest } | Action::Send { dest, .. } => {
+            format!("{}:{dest:?}", event.kind().name())
+        }
+        Action::ModelCall { provider, .. } => format!("model_call:{provider}"),
+    };
+    (event.process.pid, target)
 }
 
 fn short_digest(digest: &str) -> &str {
@@ -713,41 +926,100 @@ fn canonical(path: &Path) -> PathBuf {
 
 /// The per-action tier table `oknek doctor` prints. `armed` is what the daemon armed; without
 /// it (no daemon) the table says what the kernel would allow.
-pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
+/// The eBPF tier as the daemon found it, for `oknek doctor`.
+#[derive(Debug, Clone)]
+pub enum EbpfView {
+    /// `tiers.ebpf: off`.
+    Off,
+    /// The kernel refused what the tier needs.
+    Unavailable { why: String },
+    Armed {
+        /// The mechanism refusing each action kind in the kernel.
+        enforcers: Vec<(oknek_event::Kind, Mechanism)>,
+        /// Why BPF LSM is or is not used.
+        lsm: String,
+        cgroup: String,
+        /// Block rules (or parts) the kernel maps cannot hold, and why.
+        userspace_rules: Vec<(String, String)>,
+    },
+}
+
+/// The per-action table of `oknek doctor`: which tier refuses each kind of action, the
+/// mechanism name its evidence carries, and why that tier and not a stronger one.
+pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>, ebpf: Option<&EbpfView>) -> Value {
+    use oknek_event::Kind;
     let is_armed = |tier: &str| armed.is_none_or(|a| a.get(tier).copied().unwrap_or(false));
     let fan_open = facts.has(kernel::FANOTIFY_OPEN_PERM) && is_armed("fanotify");
     let fan_exec = facts.has(kernel::FANOTIFY_EXEC_PERM) && is_armed("fanotify");
     let seccomp = facts.has(kernel::SECCOMP_USER_NOTIF) && is_armed("seccomp");
     let landlock = facts.has(kernel::LANDLOCK);
     let preload = is_armed("preload");
-    let bpf_lsm = facts.has(kernel::BPF_LSM_LISTED);
-    let mut rows = Vec::new();
-    let mut row = |action: &str, tier: &str, why: String| {
-        rows.push(json!({ "action": action, "tier": tier, "why": why }));
+    let lsm_note = match ebpf {
+        Some(EbpfView::Off) => "eBPF tier off (tiers.ebpf: off)".to_owned(),
+        Some(EbpfView::Unavailable { why }) => format!("eBPF tier unavailable: {why}"),
+        Some(EbpfView::Armed { lsm, .. }) => format!("BPF LSM: {lsm}"),
+        None if facts.has(kernel::BPF_LSM_LISTED) => {
+            "BPF LSM is listed in lsm=; the daemon probes the eBPF tier at start".to_owned()
+        }
+        None => "BPF LSM: not in the kernel's lsm= list".to_owned(),
     };
-    let lsm_note = if bpf_lsm {
-        "BPF LSM is listed in lsm=, but this build has no eBPF tier yet".to_owned()
-    } else {
-        "BPF LSM: not in the kernel's lsm= list".to_owned()
+    let enforcer = |kind: Kind| match ebpf {
+        Some(EbpfView::Armed { enforcers, .. }) => {
+            enforcers.iter().find(|(k, _)| *k == kind).map(|(_, m)| *m)
+        }
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    let mut row = |action: &str, tier: &str, mechanism: &str, why: String| {
+        rows.push(json!({ "action": action, "tier": tier, "mechanism": mechanism, "why": why }));
     };
     // Without a kernel tier for an action, oknek run covers launched agents and the shim the rest.
-    let userspace_row = |row: &mut dyn FnMut(&str, &str, String), action: &str, why: &str| {
+    let userspace_row = |row: &mut dyn FnMut(&str, &str, &str, String), action: &str, why: &str| {
         if seccomp {
-            row(action, "seccomp (oknek run)", why.into());
+            row(action, "seccomp (oknek run)", "seccomp", why.into());
         } else if preload {
             row(
                 action,
                 "preload",
+                "preload",
                 "no kernel tier available: weakest tier".into(),
             );
         } else {
-            row(action, "none", "no tier available or enabled".into());
-        }
-    };
-    for (action, fan) in [("exec", fan_exec), ("open", fan_open)] {
-        if fan {
             row(
                 action,
+                "none",
+                "none",
+                "no tier available or enabled".into(),
+            );
+        }
+    };
+    let kernel_row = |row: &mut dyn FnMut(&str, &str, &str, String), action: &str, m: Mechanism| {
+        let why = match (m, ebpf) {
+            (Mechanism::BpfLsm, _) => {
+                "BPF LSM hook refuses in the kernel before the call runs (self-test passed)"
+                    .to_owned()
+            }
+            (_, Some(EbpfView::Armed { lsm, .. })) => format!(
+                "cgroup connect4/6 and sendmsg4/6 on the cgroup2 root; BPF LSM: {lsm}; fmod_ret: not supported by this build's loader"
+            ),
+            _ => String::new(),
+        };
+        let tier = match m {
+            Mechanism::BpfLsm => "bpf_lsm",
+            _ => "cgroup_sock_addr",
+        };
+        row(action, tier, m.name(), why);
+    };
+    for (action, kind, fan) in [
+        ("exec", Kind::Exec, fan_exec),
+        ("open", Kind::Open, fan_open),
+    ] {
+        if let Some(m) = enforcer(kind) {
+            kernel_row(&mut row, action, m);
+        } else if fan {
+            row(
+                action,
+                "fanotify",
                 "fanotify",
                 format!("permission events on protected objects; {lsm_note}"),
             );
@@ -759,12 +1031,20 @@ pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
             );
         }
     }
-    for action in ["connect", "send", "watch"] {
-        userspace_row(
-            &mut row,
-            action,
-            "for agents launched with oknek run; preload for others",
-        );
+    for (action, kind) in [
+        ("connect", Kind::Connect),
+        ("send", Kind::Send),
+        ("watch", Kind::Watch),
+    ] {
+        if let Some(m) = enforcer(kind) {
+            kernel_row(&mut row, action, m);
+        } else {
+            userspace_row(
+                &mut row,
+                action,
+                "for agents launched with oknek run; preload for others",
+            );
+        }
     }
     row(
         "any",
@@ -773,6 +1053,7 @@ pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
         } else {
             "unavailable"
         },
+        if seccomp { "seccomp" } else { "none" },
         if landlock {
             format!(
                 "Landlock {}",
@@ -786,10 +1067,21 @@ pub fn doctor_table(facts: &KernelFacts, armed: Option<&Armed>) -> Value {
             "Landlock unavailable".into()
         },
     );
+    let userspace_rules: Vec<Value> = match ebpf {
+        Some(EbpfView::Armed {
+            userspace_rules, ..
+        }) => userspace_rules
+            .iter()
+            .map(|(rule, why)| json!({ "rule": rule, "why": why }))
+            .collect(),
+        _ => Vec::new(),
+    };
     json!({
         "kernel": facts.release,
         "facilities": facts.facilities,
         "tiers": rows,
+        "ebpf": lsm_note,
+        "userspace_rules": userspace_rules,
     })
 }
 

@@ -212,6 +212,24 @@ fn probe_bpf_lsm() -> Facility {
     }
 }
 
+/// The eBPF program types the daemon tried to load at start, as doctor rows.
+pub fn bpf_facilities(support: &oknek_bpf::Support) -> Vec<Facility> {
+    let row = |name: &'static str, check: &oknek_bpf::Check| Facility {
+        name,
+        available: check.available,
+        detail: check.detail.clone(),
+    };
+    vec![
+        row("eBPF BPF LSM (self-tested)", &support.lsm),
+        row("eBPF fentry", &support.fentry),
+        row("eBPF fmod_ret", &support.fmod_ret),
+        row("eBPF cgroup sock_addr", &support.cgroup_sock_addr),
+        row("eBPF tracepoint", &support.tracepoint),
+        row("eBPF tp_btf", &support.tp_btf),
+        row("eBPF ring buffer", &support.ringbuf),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

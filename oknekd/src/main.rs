@@ -17,7 +17,10 @@ Options:
   --rules-dir DIR      Rules directory [default: from config, /var/lib/oknek/rules/active]
   --state-dir DIR      Evidence and key directory [default: from config, /var/lib/oknek]
   --runtime-dir DIR    Sockets directory [default: from config, /run/oknek]
+  --bpf-pin-dir DIR    Where the eBPF probes are pinned [default: from config, /sys/fs/bpf/oknek]
   --check              Load the config and rules, print a summary and exit (exit 1 on errors)
+  --uninstall-probes   Detach and unpin the eBPF probes, then exit. While pinned they keep
+                       enforcing the last rules even with the daemon stopped; this ends that
   -v, --verbose        Log debug messages
   -h, --help           Show this help
   -V, --version        Show the version
@@ -27,7 +30,8 @@ A demo in a temporary directory, as root:
   oknek --runtime-dir /tmp/ok/run status
 
 Signals: SIGHUP reloads the rules (a broken rule set is rejected and the old one stays active);
-SIGTERM and SIGINT stop after flushing evidence. Under systemd (Type=notify) readiness is
+SIGTERM and SIGINT stop after flushing evidence; pinned eBPF probes stay and keep
+enforcing, and the next start adopts them (events they kept in the ring buffer are recorded). Under systemd (Type=notify) readiness is
 announced only once every hook is armed; WATCHDOG=1 is sent when WatchdogSec is set.
 ";
 
@@ -35,6 +39,7 @@ struct Args {
     config: Option<PathBuf>,
     overrides: Overrides,
     check: bool,
+    uninstall_probes: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, lexopt::Error> {
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         config: None,
         overrides: Overrides::default(),
         check: false,
+        uninstall_probes: false,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -51,7 +57,9 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
             Long("rules-dir") => args.overrides.rules_dir = Some(parser.value()?.into()),
             Long("state-dir") => args.overrides.state_dir = Some(parser.value()?.into()),
             Long("runtime-dir") => args.overrides.runtime_dir = Some(parser.value()?.into()),
+            Long("bpf-pin-dir") => args.overrides.bpf_pin_dir = Some(parser.value()?.into()),
             Long("check") => args.check = true,
+            Long("uninstall-probes") => args.uninstall_probes = true,
             Short('v') | Long("verbose") => log::set_max_level(Level::Debug),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
@@ -86,6 +94,22 @@ fn main() -> ExitCode {
         }
     };
     args.overrides.apply(&mut config);
+    if args.uninstall_probes {
+        let dir = &config.paths.bpf_pin_dir;
+        return match oknek_bpf::Probes::uninstall(dir) {
+            Ok(()) => {
+                println!("oknekd: eBPF probes under {} removed", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "oknekd: removing the eBPF probes under {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.check {
         return match oknekd::judge::check(&config) {
             Ok(summary) => {

@@ -145,6 +145,17 @@ fn unescape_mount(s: &str) -> String {
     out
 }
 
+/// The process ids (thread-group leaders) in /proc now.
+pub fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The cgroup id (inode of the cgroup directory), 0 when unknown.
 pub fn cgroup_id(cgroup: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;

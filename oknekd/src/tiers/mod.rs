@@ -2,5 +2,6 @@
 //! answers them. None of them knows the rule engine; the daemon builds events from their
 //! requests and decides.
 
+pub mod ebpf;
 pub mod fanotify;
 pub mod seccomp;

@@ -487,6 +487,8 @@ pub fn assert_read(what: &str, o: &Output, expected: &str) {
 /// SIGTERM and checks it exited 0; dropping it without `stop` (a failed test) still ends it.
 pub struct Daemon {
     child: Option<Child>,
+    rules: PathBuf,
+    config: PathBuf,
     /// Config, log, state and runtime directories: removed when the value is dropped.
     _dir: tempfile::TempDir,
     pub runtime: PathBuf,
@@ -494,58 +496,103 @@ pub struct Daemon {
     log: PathBuf,
 }
 
+/// These suites prove the userspace tiers: the eBPF tier (tested in `ebpf_tier.rs`) is off
+/// unless a test's config sets `tiers.ebpf`, so its refusals cannot stand in for theirs.
+fn without_ebpf_unless_asked(config: &str) -> String {
+    let mut value: serde_norway::Value = if config.trim().is_empty() {
+        serde_norway::Value::Null
+    } else {
+        serde_norway::from_str(config).unwrap()
+    };
+    if value.is_null() {
+        value = serde_norway::Value::Mapping(Default::default());
+    }
+    let map = value.as_mapping_mut().expect("config is a mapping");
+    let tiers = map
+        .entry("tiers".into())
+        .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+    let tiers = tiers.as_mapping_mut().expect("tiers is a mapping");
+    tiers.entry("ebpf".into()).or_insert_with(|| "off".into());
+    serde_norway::to_string(&value).unwrap()
+}
+
 impl Daemon {
     /// Starts oknekd on `rules` with `config` (YAML) and waits until `oknek status` answers.
     pub fn start(rules: &Path, config: &str) -> Daemon {
         let dir = scratch("daemon", false);
         let cfg = dir.path().join("oknek.yaml");
-        std::fs::write(&cfg, config).unwrap();
+        std::fs::write(&cfg, without_ebpf_unless_asked(config)).unwrap();
         let runtime = dir.path().join("run");
         let state = dir.path().join("state");
         let log = dir.path().join("oknekd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_oknekd"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--rules-dir")
-            .arg(rules)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--runtime-dir")
-            .arg(&runtime)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("oknekd.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting oknekd");
         let mut d = Daemon {
-            child: Some(child),
+            child: None,
+            rules: rules.to_owned(),
+            config: cfg,
             _dir: dir,
             runtime,
             state,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process (again) with the same config and directories, and waits until
+    /// it answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_oknekd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--rules-dir")
+            .arg(&self.rules)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--runtime-dir")
+            .arg(&self.runtime)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting oknekd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("oknekd exited at start ({status}):\n{}", d.log());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("oknekd exited at start ({status}):\n{}", self.log());
             }
-            if d.runtime.join("control.sock").exists()
-                && let Ok((status, _)) = d.status()
+            if self.runtime.join("control.sock").exists()
+                && let Ok((status, _)) = self.status()
             {
                 let tiers = &status["tiers"];
-                assert_eq!(
-                    (tiers["fanotify"].as_bool(), tiers["seccomp"].as_bool()),
-                    (Some(true), Some(true)),
+                let ebpf = tiers["ebpf"].as_bool() == Some(true);
+                assert!(
+                    ebpf || (tiers["fanotify"].as_bool(), tiers["seccomp"].as_bool())
+                        == (Some(true), Some(true)),
                     "both kernel tiers must be armed for this suite: {status}"
                 );
-                return d;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "oknekd did not answer in time:\n{}",
-                d.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends the daemon with SIGKILL: no flush, no cleanup, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -1,0 +1,289 @@
+//! The eBPF tier through the real daemon on the running kernel: the cgroup sock_addr programs
+//! refuse an agent's connect with EPERM (this machine's kernel has no BPF LSM; the LSM hooks are
+//! proven in the VM matrix, vm-tests/), observations of every kind arrive as verified bundles,
+//! and the pinned programs keep refusing while the daemon is killed and restarted.
+//!
+//! Needs root (BPF, switching to uid 65534) plus bash and python3 for the agent's actions; as an
+//! ordinary user every test prints "skipped: needs root …".
+
+mod common;
+
+use std::io::Read;
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A pin directory of this test process, removed (with everything pinned) on drop.
+struct Pins(String);
+
+impl Pins {
+    fn new(tag: &str) -> Pins {
+        let dir = format!("/sys/fs/bpf/oknek-test-{tag}-{}", std::process::id());
+        uninstall(&dir);
+        Pins(dir)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        uninstall(&self.0);
+    }
+}
+
+fn uninstall(dir: &str) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oknekd"));
+    cmd.args(["--uninstall-probes", "--bpf-pin-dir", dir]);
+    run(&mut cmd, Duration::from_secs(30))
+}
+
+/// A loopback TCP listener that accepts (and drops) connections in the background.
+fn listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let _ = conn.read(&mut [0u8; 1]);
+        }
+    });
+    port
+}
+
+/// bash's /dev/tcp: the connect's outcome as bash reports it.
+fn connect_as(uid: u32, port: u16) -> Output {
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
+    let mut cmd = if uid == 0 {
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        c
+    } else {
+        as_user(uid, uid, "bash", &[os("-c"), os(&script)])
+    };
+    run(&mut cmd, CHILD_TIMEOUT)
+}
+
+fn assert_connect_refused(what: &str, o: &Output) {
+    let t = text(o);
+    assert!(
+        !o.status.success() && t.contains(EPERM_TEXT) && !t.contains("connected"),
+        "{what}: the connect must fail with EPERM, got: {t}"
+    );
+}
+
+fn assert_connected(what: &str, o: &Output) {
+    let t = text(o);
+    assert!(
+        o.status.success() && t.contains("connected"),
+        "{what}: the connect must succeed, got: {t}"
+    );
+}
+
+/// Waits until bundles of `rule` with `verdict` appear (the daemon records from the ring
+/// buffer as it drains it).
+fn wait_for(d: &Daemon, rule: &str, verdict: &str, at_least: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = d.events();
+        let found: Vec<Value> = bundles(&events, rule, verdict)
+            .into_iter()
+            .cloned()
+            .collect();
+        if found.len() >= at_least {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {verdict} bundle of {rule} (wanted {at_least}, have {}):\n{}",
+            found.len(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A rule directory with only `yaml`: the shipped pack would (rightly) hold an agent that runs
+/// `bash -c 'exec 3<>/dev/tcp/…'` or a python one-liner with sockets as a reverse shell.
+fn only_rules(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("90-test.yaml"), yaml).unwrap();
+    dir
+}
+
+fn rules_blocking(port: u16) -> tempfile::TempDir {
+    only_rules(&format!(
+        "oknek_rules: 1\nrules:\n  - id: T.ebpf.connect\n    title: Test destination refused in the kernel\n    kind: [connect]\n    match: {{ addr: 127.0.0.1, port: {port} }}\n    action: block\n"
+    ))
+}
+
+fn ebpf_config(pins: &Pins) -> String {
+    format!(
+        "paths: {{ bpf_pin_dir: {} }}\ntiers: {{ ebpf: on }}\n{NOBODY_AGENT}",
+        pins.0
+    )
+}
+
+#[test]
+fn cgroup_tier_refuses_an_agent_connect_and_survives_a_restart() {
+    if !root_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let pins = Pins::new("restart");
+    let blocked = listener();
+    let rules = rules_blocking(blocked);
+    let mut d = Daemon::start(rules.path(), &ebpf_config(&pins));
+    let status = d.assert_serving(Duration::from_secs(5));
+    assert_eq!(
+        status["ebpf"]["enforcing"]["connect"], "cgroup_sock_addr",
+        "this kernel's connect enforcer: {status}"
+    );
+
+    assert_connect_refused("agent", &connect_as(AGENT_UID, blocked));
+    assert_connected("root (not an agent)", &connect_as(0, blocked));
+    assert_connected(
+        "another user (not an agent)",
+        &connect_as(OTHER_UID, blocked),
+    );
+    let first = wait_for(&d, "T.ebpf.connect", "block", 1);
+    assert_eq!(mechanism(&first[0]), "cgroup_sock_addr");
+    assert_eq!(uid_of(&first[0]), Some(u64::from(AGENT_UID)));
+
+    // A crash: nothing in userspace for a moment, the kernel keeps refusing.
+    d.kill9();
+    assert_connect_refused(
+        "agent while oknekd is down",
+        &connect_as(AGENT_UID, blocked),
+    );
+    assert_connected("root while oknekd is down", &connect_as(0, blocked));
+
+    d.spawn();
+    let status = d.assert_serving(Duration::from_secs(5));
+    assert_eq!(status["ebpf"]["start"], "adopted", "{status}");
+    // The refusal made while the daemon was down waited in the ring buffer.
+    wait_for(&d, "T.ebpf.connect", "block", 2);
+    assert_connect_refused("agent after restart", &connect_as(AGENT_UID, blocked));
+    wait_for(&d, "T.ebpf.connect", "block", 3);
+    d.assert_verifies();
+
+    // A clean stop leaves the probes enforcing too; only --uninstall-probes ends it.
+    d.stop();
+    assert_connect_refused("agent after SIGTERM", &connect_as(AGENT_UID, blocked));
+    let o = uninstall(&pins.0);
+    assert!(o.status.success(), "uninstall: {}", text(&o));
+    assert!(!Path::new(&pins.0).exists(), "{} must be gone", pins.0);
+    assert_connected("agent after uninstall", &connect_as(AGENT_UID, blocked));
+}
+
+#[test]
+fn observations_of_every_kind_become_verified_bundles() {
+    if !root_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let pins = Pins::new("observe");
+    let work = scratch("ebpf-observe", true);
+    let file = work.path().join("observed.txt");
+    std::fs::write(&file, "x").unwrap();
+    give_to_agent(&file);
+    let script = work.path().join("observed.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    set_mode(&script, 0o755);
+    let tcp = listener();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let f = file.to_str().unwrap();
+    let sc = script.to_str().unwrap();
+    let rules = only_rules(&format!(
+        r#"oknek_rules: 1
+rules:
+  - id: T.obs.exec
+    title: observed exec
+    kind: exec
+    match: {{ path: "{sc}" }}
+    action: warn
+  - id: T.obs.open
+    title: observed open
+    kind: open
+    match: {{ path: "{f}" }}
+    action: warn
+  - id: T.obs.connect
+    title: observed connect
+    kind: connect
+    match: {{ addr: 127.0.0.1, port: {tcp} }}
+    action: warn
+  - id: T.obs.send
+    title: observed send
+    kind: send
+    match: {{ addr: 127.0.0.1, port: {udp_port} }}
+    action: warn
+  - id: T.obs.watch
+    title: observed watch
+    kind: watch
+    match: {{ path: "{f}" }}
+    action: warn
+"#
+    ));
+    let mut d = Daemon::start(rules.path(), &ebpf_config(&pins));
+    let py = format!(
+        r#"
+import ctypes, socket, subprocess
+open("{f}").read()
+subprocess.run(["{sc}", "oknek-observed"], check=True)
+s = socket.create_connection(("127.0.0.1", {tcp})); s.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"12345", ("127.0.0.1", {udp_port}))
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+assert libc.inotify_add_watch(fd, b"{f}", 2) >= 0, ctypes.get_errno()
+print("done")
+"#
+    );
+    let o = run(
+        as_user(
+            AGENT_UID,
+            AGENT_GID,
+            "/usr/bin/python3",
+            &[os("-c"), os(&py)],
+        )
+        .current_dir(work.path()),
+        CHILD_TIMEOUT,
+    );
+    assert!(o.status.success(), "the agent's actions: {}", text(&o));
+
+    for (rule, mech) in [
+        ("T.obs.exec", "tracepoint"),
+        ("T.obs.open", "tracepoint"),
+        ("T.obs.connect", "cgroup_sock_addr"),
+        ("T.obs.send", "tracepoint"),
+        ("T.obs.watch", "tracepoint"),
+    ] {
+        let found = wait_for(&d, rule, "warn", 1);
+        let agent_ones: Vec<&Value> = found
+            .iter()
+            .filter(|e| uid_of(e) == Some(u64::from(AGENT_UID)))
+            .collect();
+        assert!(!agent_ones.is_empty(), "{rule}: no bundle from the agent");
+        assert_eq!(mechanism(agent_ones[0]), mech, "{rule}: {}", agent_ones[0]);
+    }
+    let sent = wait_for(&d, "T.obs.send", "warn", 1);
+    assert_eq!(sent[0]["bundle"]["capture"]["bytes"], 5, "{}", sent[0]);
+
+    // Root doing the same is no agent: nothing new is recorded.
+    let before = d.events().len();
+    let o = run(
+        Command::new("/usr/bin/python3").args(["-c", &py]),
+        CHILD_TIMEOUT,
+    );
+    assert!(o.status.success(), "root's actions: {}", text(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        d.events().len(),
+        before,
+        "non-agent actions must not be recorded"
+    );
+
+    d.assert_verifies();
+    d.stop();
+}
