@@ -6,7 +6,8 @@
 #      private configuration that allows everything but decides every open, and times the same
 #      open()+close() loop as uid 65534 with the same timing program as the tier bench;
 #   3. cargo bench: oknekd tiers (real daemon: fanotify, oknek run, preload shim), the fanotify
-#      and seccomp tier benches, engine, evidence, preload shim;
+#      and seccomp tier benches, engine, evidence, preload shim, the eBPF probes (tracepoint and
+#      cgroup tiers here, the BPF LSM tier inside a 6.1 VM through vm-tests/bench.sh);
 #   4. prints one summary table: fapolicyd and each oknekd tier side by side.
 #
 # Root for the kernel parts (fanotify, uid switches); as a user those parts report why they are
@@ -271,6 +272,15 @@ run_bench seccomp -p oknekd --bench seccomp
 run_bench engine -p oknek-engine
 run_bench evidence -p oknek-evidence
 run_bench preload -p oknek-preload -- "${quick_arg[@]}"
+run_bench ebpf -p oknek-bpf --bench open_cost -- "${quick_arg[@]}"
+# The BPF LSM hooks cannot load on this kernel: the same measurements inside a Debian 6.1 VM.
+say "BPF LSM tier: vm-tests/bench.sh (open_cost inside a 6.1 VM under QEMU)"
+t0=$(date +%s)
+if vm-tests/bench.sh -- "${quick_arg[@]}" 2>&1 | tee "$work/ebpf-lsm.log"; then
+    bench_rows+=("ebpf-lsm|ok (6.1 VM, software emulation: compare ratios, not ns)|$(($(date +%s) - t0)) s")
+else
+    bench_rows+=("ebpf-lsm|FAILED, see its output above|$(($(date +%s) - t0)) s")
+fi
 
 # ---------------------------------------------------------------------------------------------
 say "summary"

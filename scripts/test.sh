@@ -27,6 +27,17 @@ step "cargo clippy (-D warnings)" cargo clippy --workspace --all-targets --locke
 step "cargo test" cargo test --workspace --locked
 step "oknek rules check rules/" "${CARGO_TARGET_DIR:-target}/debug/oknek" rules check rules
 step "oknek rules test rules/" "${CARGO_TARGET_DIR:-target}/debug/oknek" rules test rules
+step "shellcheck" shellcheck -x scripts/*.sh vm-tests/*.sh vm-tests/lib/*.sh vm-tests/scenario/*.sh .ci/run
+
+# Real kernels under QEMU: the BPF LSM tier (which this machine's kernel refuses) and the preload
+# path on Debian 5.10, 6.1 and 6.12. Needs root (the kernel cache) and deb.debian.org once.
+if [ "$(id -u)" -eq 0 ]; then
+    step "VM matrix (vm-tests/run.sh)" vm-tests/run.sh
+else
+    echo
+    echo "==> VM matrix (vm-tests/run.sh)"
+    echo "skipped: needs root (kernel cache in /var/cache/oknek-vm, QEMU boots)"
+fi
 
 echo
 if [ "$failed" -gt 0 ]; then

@@ -61,7 +61,7 @@ Examples:
 const EXIT_CANNOT_RUN: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
 /// How long to wait for oknekd's answer to the registration.
-const REGISTER_TIMEOUT_SECS: libc::time_t = 10;
+const REGISTER_TIMEOUT_SECS: i64 = 10;
 
 struct Options {
     agent: Option<String>,
@@ -435,7 +435,8 @@ fn connect_hook(path: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     let tv = libc::timeval {
-        tv_sec: REGISTER_TIMEOUT_SECS,
+        // `as _`: time_t is deprecated as a name with musl (its width is changing there).
+        tv_sec: REGISTER_TIMEOUT_SECS as _,
         tv_usec: 0,
     };
     // SAFETY: tv is a valid timeval.
@@ -464,13 +465,13 @@ fn send_with_fd(sock: &OwnedFd, data: &[u8], fd: RawFd) -> io::Result<()> {
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as _;
     // SAFETY: msg_control points to cbuf, large enough for one cmsg with one fd.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
     }
     // SAFETY: msg and everything it points to are valid for the call.

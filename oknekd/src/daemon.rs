@@ -476,6 +476,7 @@ impl Daemon {
                 self.ticker.drain();
                 self.judge.periodic();
                 if let Some(tier) = &mut self.ebpf {
+                    let settled = tier.settled(Instant::now());
                     let added = tier.refresh_cgroup_agents(&self.config.agents);
                     if added > 0 {
                         info!("oknekd: eBPF: {added} processes of agent cgroups tracked");
@@ -485,6 +486,7 @@ impl Daemon {
                         warn!("oknekd: eBPF: {lost} kernel events lost (ring buffer full)");
                         self.judge.record_gap(lost, "eBPF ring buffer full");
                     }
+                    self.record_ebpf(settled);
                 }
             }
             CONTROL => self.accept_control(),
@@ -910,23 +912,26 @@ impl Daemon {
     /// judged now.
     fn serve_ebpf(&mut self) {
         let Some(tier) = &mut self.ebpf else { return };
-        let judge = &mut self.judge;
-        let plan = &self.plan;
+        let reported = tier.drain(&mut self.judge.identities, Instant::now());
+        self.record_ebpf(reported);
+    }
+
+    fn record_ebpf(&mut self, reported: Vec<(oknek_event::Event, Option<String>)>) {
         let fanotify_armed = self.fanotify.is_some();
-        for (event, refused_by) in tier.drain(&mut judge.identities) {
+        for (event, refused_by) in reported {
             if let Some(rule) = refused_by {
-                judge.record_kernel_refusal(&event, &rule);
+                self.judge.record_kernel_refusal(&event, &rule);
                 continue;
             }
             // Opens and execs of objects fanotify protects are decided (and recorded) there.
             if fanotify_armed
                 && let Action::Open { path, .. } | Action::Exec { path, .. } = &event.action
                 && std::fs::metadata(path)
-                    .is_ok_and(|md| plan.protected_path(md.dev(), md.ino()).is_some())
+                    .is_ok_and(|md| self.plan.protected_path(md.dev(), md.ino()).is_some())
             {
                 continue;
             }
-            judge.decide_observed(&event);
+            self.judge.decide_observed(&event);
         }
     }
 

@@ -181,7 +181,8 @@ impl HookConn {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        // `as _`: the field is usize with glibc, u32 with musl.
+        msg.msg_controllen = std::mem::size_of_val(&cmsg) as _;
         // SAFETY: msg describes valid buffers.
         let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n < 0 {

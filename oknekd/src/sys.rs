@@ -169,7 +169,7 @@ impl Ticker {
         // SAFETY: fd was just returned by the kernel.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let ts = libc::timespec {
-            tv_sec: period.as_secs() as libc::time_t,
+            tv_sec: period.as_secs() as _,
             tv_nsec: libc::c_long::from(period.subsec_nanos() as i32),
         };
         let spec = libc::itimerspec {

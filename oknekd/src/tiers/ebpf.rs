@@ -10,12 +10,13 @@
 //! meaning is kept in `ebpf-ids.json` in the state directory and only ever grows: a restarted
 //! daemon reads what the previous one left in the ring buffer with the same names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use oknek_bpf::{
     AgentMaps, BlockRule, Detail, Enforcer, KernelEvent, NetEntry, ProbeConfig, Probes, Start,
@@ -31,6 +32,9 @@ use crate::procinfo;
 
 /// Where the probes pin their maps and links unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/oknek";
+
+/// How long an observation waits for the refusal of the same call (see [`EbpfTier::drain`]).
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Agents limited by a rule are a 64-bit mask in the kernel: ids from here on cannot be scoped.
 const MAX_SCOPED_AGENTS: usize = 64;
@@ -103,6 +107,8 @@ pub struct EbpfTier {
     protected: HashMap<(u32, u64), String>,
     /// Lost-event count already recorded as a gap.
     lost_recorded: u64,
+    /// Observations waiting for a refusal of the same call.
+    pending: VecDeque<(Instant, Event)>,
     /// The cgroup directories of agents declared by unit or cgroup, as last found.
     agent_cgroup_dirs: Vec<(PathBuf, u32)>,
     pub coverage: Vec<RuleCoverage>,
@@ -134,6 +140,7 @@ impl EbpfTier {
             agent_names,
             protected: HashMap::new(),
             lost_recorded: 0,
+            pending: VecDeque::new(),
             agent_cgroup_dirs: Vec::new(),
             coverage: Vec::new(),
         })
@@ -394,22 +401,59 @@ impl EbpfTier {
 
     /// Decodes what the kernel reported, each event with the id of the rule the kernel refused
     /// it by (if it did).
+    ///
+    /// A syscall tracepoint sees an open, a watch or a send before the hook that may refuse it
+    /// runs; such an observation waits [`SETTLE`] for that refusal, so a refused call is recorded
+    /// once, as refused. Call [`EbpfTier::settled`] periodically for the ones that waited.
     pub fn drain(
         &mut self,
         identities: &mut procinfo::IdentityCache,
+        now: Instant,
     ) -> Vec<(Event, Option<String>)> {
         let mut batch = Vec::new();
         self.probes.drain(|ev| batch.push(ev));
-        batch
-            .into_iter()
-            .map(|ev| {
-                let refused_by = ev
-                    .blocked
-                    .as_ref()
-                    .and_then(|b| self.ids.rules.get(b.rule_index as usize).cloned());
-                (self.to_event(&ev, identities), refused_by)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(batch.len());
+        for ev in batch {
+            let refused_by = ev
+                .blocked
+                .as_ref()
+                .and_then(|b| self.ids.rules.get(b.rule_index as usize).cloned());
+            let event = self.to_event(&ev, identities);
+            let kind = event.kind();
+            if ev.blocked.is_some() {
+                if let Some(i) = self
+                    .pending
+                    .iter()
+                    .rposition(|(_, p)| p.process.pid == event.process.pid && p.kind() == kind)
+                {
+                    self.pending.remove(i);
+                }
+                out.push((event, refused_by));
+            } else if matches!(kind, Kind::Open | Kind::Watch | Kind::Send)
+                && self.probes.enforcer(kind).is_some()
+            {
+                self.pending.push_back((now, event));
+            } else {
+                out.push((event, None));
+            }
+        }
+        out.extend(self.settled(now));
+        out
+    }
+
+    /// Observations that waited long enough for a refusal that did not come.
+    pub fn settled(&mut self, now: Instant) -> Vec<(Event, Option<String>)> {
+        let mut out = Vec::new();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= SETTLE)
+        {
+            if let Some((_, event)) = self.pending.pop_front() {
+                out.push((event, None));
+            }
+        }
+        out
     }
 
     fn to_event(&self, ev: &KernelEvent, identities: &mut procinfo::IdentityCache) -> Event {

@@ -1996,7 +1996,9 @@ fn is_procfs(fd: &OwnedFd) -> Result<bool, i32> {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } < 0 {
         return Err(last_errno());
     }
-    Ok(sfs.f_type == PROC_SUPER_MAGIC)
+    // f_type is a signed long with glibc, unsigned with musl.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(sfs.f_type as i64 == PROC_SUPER_MAGIC)
 }
 
 fn readlink_fd(fd: &OwnedFd) -> Result<Vec<u8>, i32> {
