@@ -330,7 +330,13 @@ impl Judge {
             |d| {
                 d.fired
                     .iter()
-                    .map(|f| json!({ "id": &*f.rule_id, "title": &*f.title, "action": f.action.name() }))
+                    .map(|f| {
+                        let mut rule = json!({ "id": &*f.rule_id, "title": &*f.title, "action": f.action.name() });
+                        if let Some(q) = &f.quota {
+                            rule["quota"] = serde_json::to_value(q).unwrap_or(Value::Null);
+                        }
+                        rule
+                    })
                     .collect()
             },
         );

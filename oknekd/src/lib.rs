@@ -17,5 +17,6 @@ pub mod kernel;
 pub mod log;
 pub mod plan;
 pub mod procinfo;
+pub mod providers;
 pub mod sys;
 pub mod tiers;
