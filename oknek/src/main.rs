@@ -3,12 +3,17 @@
 //! Offline commands (rules, simulate, keys, verify, events) work on files; daemon commands talk to
 //! oknekd over its control socket in the runtime directory.
 
+mod agent_cmd;
+mod blake2b;
 mod cli;
 mod daemon_cmd;
 mod evidence_cmd;
+mod minisign;
+mod release_cmd;
 mod rules_cmd;
 mod run_cmd;
 mod sandbox;
+mod update_cmd;
 
 use std::process::ExitCode;
 
@@ -33,6 +38,8 @@ Evidence:
 
 Agents:
   run [--agent NAME] -- CMD  Launch CMD as an agent under seccomp + Landlock, judged by oknekd
+  agent enable UNIT        Put a systemd service under oknek (writes a drop-in)
+  agent disable UNIT       Remove that drop-in
 
 Daemon (over <runtime-dir>/control.sock; root or the control group):
   status                   Tiers armed, agents, rule-set digest, counters
@@ -41,6 +48,12 @@ Daemon (over <runtime-dir>/control.sock; root or the control group):
   doctor                   What this kernel offers per action kind, and which tier is used
   allow PID | block PID    Release or kill an agent process held by a `hold: true` rule
   unblock AGENT            Clear a permanent block of an agent
+
+Releases and rule packs:
+  update (URL|FILE)        Verify, lint and atomically activate a signed rule pack; reload
+  update --rollback        Swap the previous rule pack back in
+  sign --key KEY FILE...   Sign files (minisign format)
+  verify-release DIR|FILE  Check a release's signatures against the pinned release key
 
 Global options:
   --runtime-dir DIR        Where oknekd's sockets live [default: /run/oknek]
@@ -81,6 +94,10 @@ fn run() -> Result<ExitCode, CliError> {
                     "status" | "reload" | "agents" | "doctor" | "allow" | "block" | "unblock" => {
                         daemon_cmd::main(&cmd, &mut parser, &global)
                     }
+                    "agent" => agent_cmd::main(&mut parser, &global),
+                    "update" => update_cmd::main(&mut parser, &global),
+                    "sign" => release_cmd::sign_cmd(&mut parser, &global),
+                    "verify-release" => release_cmd::verify_release_cmd(&mut parser, &global),
                     "keygen" | "key" | "verify" | "events" => {
                         evidence_cmd::main(&cmd, &mut parser, &global)
                     }

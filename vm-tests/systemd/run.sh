@@ -120,9 +120,11 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/ttyS0
 EOF
-mkdir -p "$image_root/etc/systemd/system/default.target.wants"
+# The serial getty would take over ttyS0 and swallow the test's output.
+ln -sf /dev/null "$image_root/etc/systemd/system/serial-getty@ttyS0.service"
+mkdir -p "$image_root/etc/systemd/system/multi-user.target.wants"
 ln -sf /etc/systemd/system/oknek-vm-test.service \
-    "$image_root/etc/systemd/system/default.target.wants/oknek-vm-test.service"
+    "$image_root/etc/systemd/system/multi-user.target.wants/oknek-vm-test.service"
 mkfs.ext4 -q -F -L oknek-root -d "$image_root" "$work/root.img" 3G
 
 echo "==> booting Debian 12 with systemd under QEMU (TCG; a few minutes)"
