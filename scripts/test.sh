@@ -27,7 +27,11 @@ step "cargo clippy (-D warnings)" cargo clippy --workspace --all-targets --locke
 step "cargo test" cargo test --workspace --locked
 step "oknek rules check rules/" "${CARGO_TARGET_DIR:-target}/debug/oknek" rules check rules
 step "oknek rules test rules/" "${CARGO_TARGET_DIR:-target}/debug/oknek" rules test rules
-step "shellcheck" shellcheck -x scripts/*.sh vm-tests/*.sh vm-tests/lib/*.sh vm-tests/scenario/*.sh .ci/run
+step "shellcheck" shellcheck -x scripts/*.sh vm-tests/*.sh vm-tests/lib/*.sh vm-tests/scenario/*.sh \
+    vm-tests/systemd/*.sh install.sh nixos-module/*.sh nixos-module/tests/*.sh .ci/run
+# Parses every .nix file and, with OKNEK_NIXPKGS_LIB (a nixpkgs lib tree), evaluates the NixOS
+# module with lib.evalModules; without it the evaluation is reported as skipped, with the reason.
+step "NixOS module (nixos-module/tests/run.sh)" nixos-module/tests/run.sh
 
 # Real kernels under QEMU: the BPF LSM tier (which this machine's kernel refuses) and the preload
 # path on Debian 5.10, 6.1 and 6.12. Needs root (the kernel cache) and deb.debian.org once.
