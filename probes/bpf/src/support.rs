@@ -25,9 +25,16 @@ impl Check {
         }
     }
     fn no(detail: impl Into<String>) -> Check {
+        // aya appends the verifier log even when the kernel refused before verifying.
+        let detail: String = detail.into();
+        let trimmed = detail.trim_end();
+        let detail = match trimmed.strip_suffix("Verifier output:") {
+            Some(short) => short.trim_end().trim_end_matches('.').to_owned(),
+            None => trimmed.to_owned(),
+        };
         Check {
             available: false,
-            detail: detail.into(),
+            detail,
         }
     }
 }
