@@ -274,17 +274,13 @@ impl Judge {
                 mask: 0,
             },
         };
-        let digest = self.rules.digest().to_owned();
-        let capture: Vec<Field> = oknek_engine::default_capture(event.kind()).to_vec();
-        let _ = self.append(&Firing {
-            event: &event,
-            rule_id: EVENTS_LOST_RULE,
-            rule_title: Some("kernel events lost: evidence has a gap here"),
-            verdict: Verdict::Warn,
-            rule_set_digest: &digest,
-            capture: &capture,
-            extra: Some(&extra),
-        });
+        self.record_outside_rules(
+            &event,
+            EVENTS_LOST_RULE,
+            "kernel events lost: evidence has a gap here",
+            Verdict::Warn,
+            &extra,
+        );
     }
 
     fn decide_as(&mut self, event: &Event, enforced: bool) -> Verdict {
@@ -468,16 +464,29 @@ impl Judge {
     pub fn record_synthetic(&mut self, event: &Event, rule_id: &str, verdict: Verdict, why: &str) {
         let mut extra = serde_json::Map::new();
         extra.insert("reason".to_owned(), why.into());
+        self.record_outside_rules(event, rule_id, why, verdict, &extra);
+    }
+
+    /// A bundle for a decision no rule of the set made (operator actions, kernel gaps, …),
+    /// capturing the kind's default fields.
+    fn record_outside_rules(
+        &mut self,
+        event: &Event,
+        rule_id: &str,
+        title: &str,
+        verdict: Verdict,
+        extra: &serde_json::Map<String, Value>,
+    ) {
         let capture: Vec<Field> = oknek_engine::default_capture(event.kind()).to_vec();
         let digest = self.rules.digest().to_owned();
         let _ = self.append(&Firing {
             event,
             rule_id,
-            rule_title: Some(why),
+            rule_title: Some(title),
             verdict,
             rule_set_digest: &digest,
             capture: &capture,
-            extra: Some(&extra),
+            extra: Some(extra),
         });
     }
 
@@ -761,18 +770,9 @@ fn short_digest(digest: &str) -> &str {
 /// Sends SIGKILL to `pid` and every descendant; returns how many processes were signalled.
 pub fn kill_tree(pid: u32) -> usize {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(st) = procinfo::stat(p) {
-                children.entry(st.ppid).or_default().push(p);
-            }
+    for p in procinfo::all_pids() {
+        if let Ok(st) = procinfo::stat(p) {
+            children.entry(st.ppid).or_default().push(p);
         }
     }
     // Stop the whole tree first so nothing forks away while we walk it, then kill.

@@ -15,7 +15,6 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oknek_bpf::{
@@ -102,7 +101,6 @@ pub struct EbpfTier {
     pub start: Start,
     ids: Ids,
     ids_path: PathBuf,
-    agent_names: Vec<Arc<str>>,
     /// Protected objects by kernel (dev, ino) → the path their rule names, to name refused opens.
     protected: HashMap<(u32, u64), String>,
     /// Lost-event count already recorded as a gap.
@@ -131,13 +129,11 @@ impl EbpfTier {
         let (probes, start) = Probes::start(&cfg)?;
         let ids_path = state_dir.join("ebpf-ids.json");
         let ids = Ids::load(&ids_path);
-        let agent_names = ids.agents.iter().map(|n| Arc::from(n.as_str())).collect();
         Ok(EbpfTier {
             probes,
             start,
             ids,
             ids_path,
-            agent_names,
             protected: HashMap::new(),
             lost_recorded: 0,
             pending: VecDeque::new(),
@@ -153,14 +149,6 @@ impl EbpfTier {
     /// The mechanism that refuses `kind` in the kernel, if any.
     pub fn enforcer(&self, kind: Kind) -> Option<Mechanism> {
         self.probes.enforcer(kind).map(mechanism)
-    }
-
-    fn agent_id(&mut self, name: &str) -> u32 {
-        let id = self.ids.agent(name);
-        if id as usize >= self.agent_names.len() {
-            self.agent_names.push(Arc::from(name));
-        }
-        id
     }
 
     fn save_ids(&self) -> Result<(), EbpfError> {
@@ -182,7 +170,7 @@ impl EbpfTier {
         let cgroup_root = procinfo::cgroup2_mount();
         let mut dirs = Vec::new();
         for spec in specs {
-            let id = self.agent_id(&spec.name);
+            let id = self.ids.agent(&spec.name);
             for exe in &spec.exe {
                 if let Ok(md) = std::fs::metadata(exe) {
                     maps.exes.push(((md.dev(), md.ino()), id));
@@ -244,7 +232,7 @@ impl EbpfTier {
 
     /// Marks a running process (and, through fork inheritance, what it starts) as an agent.
     pub fn track(&mut self, tgid: u32, agent: &str) -> Result<(), EbpfError> {
-        let id = self.agent_id(agent);
+        let id = self.ids.agent(agent);
         self.save_ids()?;
         self.probes.track_task(tgid, id)?;
         Ok(())
@@ -270,7 +258,7 @@ impl EbpfTier {
             let mut agents = 0u64;
             if let Some(names) = &rule.agents {
                 for name in names {
-                    let id = self.agent_id(name) as usize;
+                    let id = self.ids.agent(name) as usize;
                     if id < MAX_SCOPED_AGENTS {
                         agents |= 1 << id;
                     } else {
@@ -360,14 +348,10 @@ impl EbpfTier {
             }
             cov.entries =
                 block.files.len() + block.dirs.len() + block.exes.len() + block.nets.len();
-            coverage.push(cov);
-            if !(block.files.is_empty()
-                && block.dirs.is_empty()
-                && block.exes.is_empty()
-                && block.nets.is_empty())
-            {
+            if cov.entries > 0 {
                 rules.push(block);
             }
+            coverage.push(cov);
         }
         self.save_ids()?;
         let refusals = self.probes.set_rules(&rules)?;
@@ -460,25 +444,13 @@ impl EbpfTier {
         let mut process = identities.get(ev.tgid).unwrap_or_else(|_| Process {
             pid: ev.pid,
             tgid: ev.tgid,
-            ppid: 0,
             uid: ev.uid,
-            gid: 0,
-            exe: String::new(),
-            exe_sha256: None,
             comm: ev.comm.clone(),
-            parent_exe: None,
-            parent_comm: None,
             cgroup_id: ev.cgroup_id,
-            cgroup: None,
-            unit: None,
-            namespaces: Default::default(),
-            agent: None,
+            ..Default::default()
         });
         process.pid = ev.pid;
-        process.agent = self
-            .agent_names
-            .get(ev.agent_id as usize)
-            .map(|n| n.to_string());
+        process.agent = self.ids.agents.get(ev.agent_id as usize).cloned();
         let named = |path: &str, inode: Option<(u32, u64)>| -> String {
             inode
                 .and_then(|i| self.protected.get(&i).cloned())
