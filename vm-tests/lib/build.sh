@@ -13,6 +13,8 @@
 # musl; OKNEK_VM_LIBC=glibc links them statically against glibc instead (static-pie), for
 # comparing the two or when the musl build is broken.
 
+# What every VM's /init sources first (vm-tests/scenario/boot.sh of this checkout).
+OKNEK_VM_BOOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../scenario" && pwd)/boot.sh
 OKNEK_VM_REPO=${OKNEK_VM_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 
 oknek_vm__static_target() {
@@ -118,6 +120,7 @@ oknek_vm_initramfs() {
         return 1
     cp "$busybox" "$root/bin/busybox" || return 1
     cp "$init" "$root/init" && chmod 0755 "$root/init" || return 1
+    cp "$OKNEK_VM_BOOT" "$root/etc/oknek-vm-boot.sh" || return 1
     local spec src dest
     for spec in "$@"; do
         src=${spec%%:*}

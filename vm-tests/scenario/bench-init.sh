@@ -4,28 +4,8 @@
 # OKNEK-BENCH, and powers off.
 # shellcheck shell=sh
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run /usr/bin /usr/sbin /sbin
-/bin/busybox --install -s
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-
-finish() {
-    echo "OKNEK-DONE"
-    sync
-    poweroff -f
-}
-trap finish EXIT
-
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t securityfs securityfs /sys/kernel/security
-mount -t bpf bpf /sys/fs/bpf
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mkdir -p /sys/fs/cgroup
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-ip link set lo up
+# shellcheck source=SCRIPTDIR/boot.sh
+. /etc/oknek-vm-boot.sh
 
 echo "OKNEK-INFO kernel $(uname -r)"
 echo "OKNEK-INFO lsm $(cat /sys/kernel/security/lsm 2>/dev/null || echo unreadable)"
