@@ -42,6 +42,7 @@ mod glob;
 mod holder;
 mod index;
 mod kernel;
+mod model_plan;
 mod predicate;
 mod quota;
 mod ruleset;
@@ -55,8 +56,10 @@ pub use holder::Engine;
 pub use kernel::{
     Cidr, Enforceability, KernelEntry, KernelPlan, KernelRule, PortRange, kernel_rule,
 };
+pub use model_plan::{ModelConnectRule, ProviderRef};
 pub use quota::{QuotaBy, QuotaLedger, QuotaSpec, QuotaState};
 pub use ruleset::{
-    Decision, EvalContext, Fired, Rule, RuleSet, RuleSource, Severity, default_capture,
+    DecidedQuotas, Decision, EvalContext, Fired, Rule, RuleSet, RuleSource, Severity,
+    default_capture,
 };
 pub use yaml::MAX_FILE_BYTES;

@@ -230,15 +230,26 @@ impl Decision {
     }
 }
 
+/// Quota outcomes decided outside the ledger, by rule id (see [`EvalContext::decided_quotas`]).
+pub type DecidedQuotas<'a> = &'a dyn Fn(&str) -> Option<Option<QuotaState>>;
+
 /// What evaluation needs beyond the event: quota state (mutated) and the agents' baselines.
 pub struct EvalContext<'a> {
     pub quotas: &'a mut QuotaLedger,
     pub baseline: &'a dyn BaselineView,
+    /// Quotas another enforcer already applied to this event (the kernel's token buckets): for
+    /// a rule id, `Some(None)` when the call passed, `Some(Some(state))` when the bucket was
+    /// empty. Rules it answers `None` for use the ledger.
+    pub decided_quotas: Option<DecidedQuotas<'a>>,
 }
 
 impl<'a> EvalContext<'a> {
     pub fn new(quotas: &'a mut QuotaLedger, baseline: &'a dyn BaselineView) -> EvalContext<'a> {
-        EvalContext { quotas, baseline }
+        EvalContext {
+            quotas,
+            baseline,
+            decided_quotas: None,
+        }
     }
 }
 
@@ -371,9 +382,12 @@ impl RuleSet {
         {
             return None;
         }
-        let quota = match &rule.quota {
-            None => None,
-            Some(spec) => match ctx.quotas.take(&rule.id, spec, event) {
+        let decided = ctx.decided_quotas.and_then(|decided| decided(&rule.id));
+        let quota = match (&rule.quota, decided) {
+            (None, _) => None,
+            (Some(_), Some(None)) => return None,
+            (Some(_), Some(Some(state))) => Some(state),
+            (Some(spec), None) => match ctx.quotas.take(&rule.id, spec, event) {
                 Take::Passed => return None,
                 Take::Exhausted(state) => Some(state),
             },

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::providers::{ProviderSpec, Providers};
+use crate::providers::{GatewaySettings, ProviderSpec, Providers};
 
 pub const DEFAULT_CONFIG: &str = "/etc/oknek/oknek.yaml";
 
@@ -52,47 +52,6 @@ impl Default for SharedPaths {
     fn default() -> SharedPaths {
         SharedPaths {
             runtime_dir: PathBuf::from("/run/oknek"),
-        }
-    }
-}
-
-/// The `gateway:` key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GatewaySettings {
-    /// Unix socket paths (absolute) and loopback `address:port`s to accept agents on.
-    pub listen: Vec<String>,
-    /// The daemon's control socket; default `<paths.runtime_dir>/control.sock`.
-    pub control_socket: Option<PathBuf>,
-    /// PEM certificates trusted for upstream TLS besides the system bundle.
-    pub ca_file: Option<PathBuf>,
-    /// Whether the system trust bundle is used (set false to trust only `ca_file`).
-    pub system_roots: bool,
-    pub hosts_file: PathBuf,
-    pub resolv_conf: PathBuf,
-    /// Requests with larger bodies are refused with 413 before anything is forwarded.
-    pub max_body_bytes: usize,
-    /// How long to wait for the daemon's verdict before refusing (fail closed).
-    pub decision_timeout_ms: u64,
-    /// How long an upstream may stay silent (connect, or between two reads of a response).
-    pub upstream_timeout_s: u64,
-    /// Concurrent client connections; more are answered 503.
-    pub max_connections: usize,
-}
-
-impl Default for GatewaySettings {
-    fn default() -> GatewaySettings {
-        GatewaySettings {
-            listen: vec!["/run/oknek/gateway.sock".into()],
-            control_socket: None,
-            ca_file: None,
-            system_roots: true,
-            hosts_file: PathBuf::from("/etc/hosts"),
-            resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            max_body_bytes: 8 << 20,
-            decision_timeout_ms: 2000,
-            upstream_timeout_s: 300,
-            max_connections: 512,
         }
     }
 }

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::providers::{GatewaySettings, ProviderSpec, Providers};
+
 pub const DEFAULT_CONFIG: &str = "/etc/oknek/oknek.yaml";
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,14 @@ pub struct Config {
     /// calls are refused when a userspace block rule could apply); see docs/adr/0003.
     #[serde(default)]
     pub seccomp_allow_racy: bool,
+    /// Model providers: a connect of an agent to one of their addresses is a `model_call`
+    /// (docs/model-calls.md).
+    #[serde(default)]
+    pub providers: Vec<ProviderSpec>,
+    /// The model gateway's settings, read by `oknek-gateway`. When present, agents' direct
+    /// connects to cloud providers are refused: the gateway is their only way to a model.
+    #[serde(default)]
+    pub gateway: Option<GatewaySettings>,
 }
 
 fn version_one() -> u32 {
@@ -179,7 +189,22 @@ impl Default for Config {
             agents: Vec::new(),
             run_agents: RunAgents::default(),
             seccomp_allow_racy: false,
+            providers: Vec::new(),
+            gateway: None,
         }
+    }
+}
+
+impl Config {
+    /// The validated `providers:` (checked when the file was parsed).
+    pub fn providers(&self) -> Providers {
+        Providers::from_specs(&self.providers).unwrap_or_default()
+    }
+
+    /// Hosts file and resolv.conf provider names are resolved with.
+    pub fn resolver_files(&self) -> (PathBuf, PathBuf) {
+        let settings = self.gateway.clone().unwrap_or_default();
+        (settings.hosts_file, settings.resolv_conf)
     }
 }
 
@@ -279,6 +304,7 @@ impl Config {
                 }
             }
         }
+        Providers::from_specs(&self.providers).map_err(|e| invalid(e.to_string()))?;
         for (what, dir) in [
             ("rules_dir", &self.paths.rules_dir),
             ("state_dir", &self.paths.state_dir),
@@ -325,6 +351,21 @@ mod tests {
     }
 
     #[test]
+    fn providers_and_the_gateway_section_are_the_daemons_too() {
+        let c = parse(
+            "providers:\n  - {name: openai, kind: cloud, api: openai, endpoints: [\"api.openai.com:443\"]}\n\
+             \x20 - {name: ollama, kind: local, api: ollama, endpoints: [\"127.0.0.1:11434\"]}\n\
+             gateway: {listen: [/run/oknek/gateway.sock], hosts_file: /tmp/hosts}\n",
+        )
+        .unwrap();
+        let providers = c.providers();
+        let configured = c.gateway.is_some();
+        assert!(providers.get("openai").unwrap().gateway_only(configured));
+        assert!(!providers.get("ollama").unwrap().gateway_only(configured));
+        assert_eq!(c.resolver_files().0, PathBuf::from("/tmp/hosts"));
+    }
+
+    #[test]
     fn typos_are_errors_with_a_location() {
         let err = parse("fail_mdoe: open\n").unwrap_err();
         let text = err.to_string();
@@ -342,6 +383,15 @@ mod tests {
             ("paths: {state_dir: relative}", "absolute path"),
             ("oknek_config: 2", "version"),
             ("fail_mode: maybe", "unknown variant"),
+            (
+                "providers: [{name: local, kind: local, api: ollama, endpoints: [\"127.0.0.1:1\"]}]",
+                "reserved",
+            ),
+            (
+                "providers: [{name: o, kind: local, api: ollama, endpoints: [\"ollama.lan:1\"]}]",
+                "without a name lookup",
+            ),
+            ("gateway: {lisen: []}", "lisen"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -36,6 +36,7 @@ const CONTROL: Token = Token(3);
 const HOOK: Token = Token(4);
 const FANOTIFY: Token = Token(5);
 const EBPF: Token = Token(6);
+const RESOLVER: Token = Token(7);
 /// Tokens from here on are connections and tiers, allocated as they come.
 const FIRST_DYNAMIC: usize = 16;
 
@@ -216,6 +217,7 @@ impl Daemon {
             plan: plan::TierPlan::default(),
         })
         .and_then(|mut daemon| {
+            daemon.start_resolver();
             daemon.start_ebpf()?;
             daemon.start_fanotify()?;
             daemon.arm_tiers();
@@ -275,6 +277,48 @@ impl Daemon {
                 what: "eBPF tier (tiers.ebpf: on)".into(),
                 source: std::io::Error::other(e),
             }),
+        }
+    }
+
+    /// Opens the sockets provider names are resolved through (none when every provider is
+    /// declared by address) and sends the first queries.
+    fn start_resolver(&mut self) {
+        if let Err(e) = self.judge.models.register(self.poll.registry(), RESOLVER) {
+            warn!(
+                "oknekd: providers: cannot open a socket for name resolution ({e}); providers named by host match only /etc/hosts entries"
+            );
+        }
+        self.judge.models.poll_resolver(Instant::now());
+    }
+
+    /// Loads the providers' current addresses and the connect-time model-call rules into the
+    /// kernel.
+    fn set_kernel_models(&mut self) {
+        let Some(tier) = &mut self.ebpf else { return };
+        let providers: Vec<(String, String)> = self
+            .judge
+            .models
+            .providers()
+            .iter()
+            .map(|p| (p.name.clone(), p.api.name().to_owned()))
+            .collect();
+        let refs: Vec<oknek_engine::ProviderRef<'_>> = providers
+            .iter()
+            .map(|(name, api)| oknek_engine::ProviderRef { name, api })
+            .collect();
+        let plan = self.judge.rules().model_connect_plan(&refs);
+        tier.coverage
+            .retain(|c| !plan.iter().any(|r| r.id == c.rule));
+        match tier.set_models(&self.judge.models, &plan) {
+            Ok(metered) => {
+                info!(
+                    "oknekd: eBPF: {} provider addresses, {} model-call quotas metered in the kernel",
+                    self.judge.models.book().len(),
+                    metered.len()
+                );
+                self.judge.models.kernel_quotas = metered;
+            }
+            Err(e) => error!("oknekd: eBPF: loading model providers failed: {e}"),
         }
     }
 
@@ -394,6 +438,7 @@ impl Daemon {
                 Err(e) => error!("oknekd: eBPF: updating the kernel maps failed: {e}"),
             }
         }
+        self.set_kernel_models();
         self.judge.armed.insert("ebpf", self.ebpf.is_some());
         let preload_on = self.config.tiers.preload != config::TierSwitch::Off;
         if preload_on {
@@ -457,6 +502,9 @@ impl Daemon {
         if let Some(flush) = self.judge.flush_in() {
             timeout = timeout.min(flush);
         }
+        if let Some(due) = self.judge.models.next_deadline() {
+            timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+        }
         timeout
     }
 
@@ -481,6 +529,7 @@ impl Daemon {
                     if added > 0 {
                         info!("oknekd: eBPF: {added} processes of agent cgroups tracked");
                     }
+                    tier.refill_quotas(Instant::now());
                     let lost = tier.take_lost();
                     if lost > 0 {
                         warn!("oknekd: eBPF: {lost} kernel events lost (ring buffer full)");
@@ -493,12 +542,22 @@ impl Daemon {
             HOOK => self.accept_hooks(),
             FANOTIFY => self.serve_fanotify(),
             EBPF => self.serve_ebpf(),
+            RESOLVER => {
+                if self.judge.models.on_readable(Instant::now()) {
+                    info!(
+                        "oknekd: providers: addresses changed ({} now)",
+                        self.judge.models.book().len()
+                    );
+                    self.set_kernel_models();
+                }
+            }
             other => self.on_dynamic(other),
         }
     }
 
     /// Work that is due whatever woke us: debounced reload, evidence flush, watchdog.
     fn after_events(&mut self) {
+        self.judge.models.poll_resolver(Instant::now());
         if self.reload_due.is_some_and(|due| Instant::now() >= due) {
             self.reload_due = None;
             self.reload("rules directory changed");
@@ -540,6 +599,8 @@ impl Daemon {
                 let result = self.judge.reload(&config);
                 if result.is_ok() {
                     self.config = config;
+                    // The providers may have changed: new resolver sockets, new queries.
+                    self.start_resolver();
                     self.arm_tiers();
                 }
                 result

@@ -22,6 +22,7 @@ use crate::config::{Config, TierSwitch};
 use crate::control::{self, Request, Response};
 use crate::hook::Received;
 use crate::kernel::{self, KernelFacts};
+use crate::models::{GATEWAY_ONLY_RULE, ModelCalls, QUOTA_FULL_RULE};
 use crate::{notice, procinfo, warn};
 
 /// Rule id of bundles written for processes of a quarantined agent.
@@ -103,6 +104,8 @@ pub struct Judge {
     recent: HashMap<(u32, String), Instant>,
     /// A pinned clock for tests of time windows (see [`Judge::clock_now`]).
     fixed_clock: Option<Timestamp>,
+    /// Model providers: which connects are model calls.
+    pub models: ModelCalls,
 }
 
 fn load_rules(dir: &Path) -> Result<RuleSet, JudgeError> {
@@ -160,6 +163,7 @@ impl Judge {
             identities: procinfo::IdentityCache::default(),
             never_open: HashSet::new(),
             recent: HashMap::new(),
+            models: ModelCalls::new(config),
             fixed_clock: std::env::var("OKNEK_TEST_CLOCK")
                 .ok()
                 .and_then(|v| v.trim().parse::<i64>().ok())
@@ -187,6 +191,9 @@ impl Judge {
         self.rules = Arc::new(rules);
         self.agents.replace_specs(config.agents.clone());
         self.tiers = config.tiers;
+        let kernel_quotas = std::mem::take(&mut self.models.kernel_quotas);
+        self.models = ModelCalls::new(config);
+        self.models.kernel_quotas = kernel_quotas;
         Ok(self.status_line())
     }
 
@@ -224,7 +231,78 @@ impl Judge {
             }
             self.recent.insert(call_key(event), Instant::now());
         }
-        self.decide_as(event, true)
+        let verdict = self.decide_as(event, true);
+        if verdict == Verdict::Block {
+            return verdict;
+        }
+        verdict.max(self.judge_model_connect(event, true, None))
+    }
+
+    /// Judges the model call a connect to a provider is; `Allow` for other events. The
+    /// connect's own rules are judged separately. `kernel`: the kernel tier applied its
+    /// connect-time model policy to this call and refused it by this rule (`Some(Some(id))`)
+    /// or let it through (`Some(None)`); its quota outcomes stand. `enforced`: whether a
+    /// refusal here stops the call.
+    fn judge_model_connect(
+        &mut self,
+        connect: &Event,
+        enforced: bool,
+        kernel: Option<Option<&str>>,
+    ) -> Verdict {
+        let Some((call, gateway_only)) = self.models.model_call(connect) else {
+            return Verdict::Allow;
+        };
+        let special = match kernel {
+            Some(Some(rule)) if rule == QUOTA_FULL_RULE => Some((
+                QUOTA_FULL_RULE,
+                "the kernel had no room for another quota bucket: refused rather than uncounted",
+            )),
+            _ if gateway_only => Some((
+                GATEWAY_ONLY_RULE,
+                "the provider is reached through the model gateway only: an agent's direct connect is refused",
+            )),
+            _ => None,
+        };
+        if let Some((rule, why)) = special {
+            self.counters.events += 1;
+            self.counters.blocked += 1;
+            let mut extra = serde_json::Map::new();
+            extra.insert("reason".to_owned(), why.into());
+            if !enforced {
+                extra.insert("enforced".to_owned(), false.into());
+            }
+            self.record_outside_rules(&call, rule, why, Verdict::Block, &extra);
+            return Verdict::Block;
+        }
+        let kernel_quotas = self.models.kernel_quotas.clone();
+        let rules = Arc::clone(&self.rules);
+        let decided = |rule_id: &str| -> Option<Option<oknek_engine::QuotaState>> {
+            let refused_by = kernel?;
+            if !kernel_quotas.contains(rule_id) {
+                return None;
+            }
+            if refused_by != Some(rule_id) {
+                return Some(None);
+            }
+            let spec = rules.rule(rule_id)?.quota()?;
+            Some(Some(oknek_engine::QuotaState {
+                key: spec.by.key(&call),
+                remaining: 0,
+                limit: spec.limit,
+                per_secs: spec.per_secs,
+                by: spec.by,
+            }))
+        };
+        let (verdict, fired) = self.decide_full_with(&call, enforced, Some(&decided));
+        if fired.is_empty() {
+            self.record_synthetic(
+                &call,
+                MODEL_CALL_RULE,
+                Verdict::Allow,
+                "no rule fired: the call is allowed",
+            );
+        }
+        verdict
     }
 
     /// Judges an event the kernel reports after letting it through (a tracepoint, or a hook
@@ -237,13 +315,34 @@ impl Judge {
         {
             return None;
         }
-        Some(self.decide_as(event, false))
+        let verdict = self.decide_as(event, false);
+        // A connect the kernel's enforcing hook saw has had its model-call policy applied.
+        let kernel =
+            matches!(event.source, Mechanism::BpfLsm | Mechanism::CgroupSockAddr).then_some(None);
+        Some(verdict.max(self.judge_model_connect(event, false, kernel)))
     }
 
     /// Records an event the kernel refused by `rule_id`. The event is judged again so every
     /// rule it fires is recorded; if the current rules do not block it (they were reloaded
     /// since), the kernel's refusal is recorded on its own.
     pub fn record_kernel_refusal(&mut self, event: &Event, rule_id: &str) {
+        let model_rule = rule_id == GATEWAY_ONLY_RULE
+            || rule_id == QUOTA_FULL_RULE
+            || self
+                .rules
+                .rule(rule_id)
+                .is_some_and(|r| r.kinds().contains(&oknek_event::Kind::ModelCall));
+        if model_rule && self.models.provider_of(event).is_some() {
+            if self.judge_model_connect(event, true, Some(Some(rule_id))) != Verdict::Block {
+                self.record_synthetic(
+                    event,
+                    KERNEL_REFUSAL_RULE,
+                    Verdict::Block,
+                    &format!("refused in the kernel by rule {rule_id} of an earlier rule set"),
+                );
+            }
+            return;
+        }
         if self.decide_as(event, true) != Verdict::Block {
             self.counters.blocked += 1;
             self.record_synthetic(
@@ -289,6 +388,17 @@ impl Judge {
 
     /// Judges and records; also returns the rules that fired (id, title, action).
     fn decide_full(&mut self, event: &Event, enforced: bool) -> (Verdict, Vec<Value>) {
+        self.decide_full_with(event, enforced, None)
+    }
+
+    /// [`Judge::decide_full`] with quota outcomes another enforcer decided (see
+    /// [`EvalContext::decided_quotas`]).
+    fn decide_full_with(
+        &mut self,
+        event: &Event,
+        enforced: bool,
+        decided: Option<oknek_engine::DecidedQuotas<'_>>,
+    ) -> (Verdict, Vec<Value>) {
         let measured;
         let event = if self.needs_exe_hash && event.process.exe_sha256.is_none() {
             measured = self.with_exe_hash(event);
@@ -310,6 +420,7 @@ impl Judge {
             let rules = Arc::clone(&self.rules);
             let decision = {
                 let mut ctx = EvalContext::new(&mut self.quotas, self.store.baseline());
+                ctx.decided_quotas = decided;
                 rules.evaluate(event, &mut ctx)
             };
             self.record(event, &rules, &decision, enforced);

@@ -15,6 +15,7 @@ pub mod hook;
 pub mod judge;
 pub mod kernel;
 pub mod log;
+pub mod models;
 pub mod plan;
 pub mod procinfo;
 pub mod providers;

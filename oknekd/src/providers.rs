@@ -80,6 +80,54 @@ pub struct ProviderSpec {
     /// Whether calls are made over TLS; default: cloud yes, local no.
     #[serde(default)]
     pub tls: Option<bool>,
+    /// Whether agents may reach this provider only through the model gateway, their direct
+    /// connects refused; default: cloud providers yes when a `gateway:` is configured, local
+    /// providers no (their plaintext calls are judged where they are made).
+    #[serde(default)]
+    pub via_gateway: Option<bool>,
+}
+
+/// The `gateway:` key, read by the model gateway (`oknek-gateway`). The daemon parses it too:
+/// its presence means agents reach cloud providers through the gateway only, and its resolver
+/// files are the ones the daemon resolves provider names with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// Unix socket paths (absolute) and loopback `address:port`s to accept agents on.
+    pub listen: Vec<String>,
+    /// The daemon's control socket; default `<paths.runtime_dir>/control.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// PEM certificates trusted for upstream TLS besides the system bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system trust bundle is used (set false to trust only `ca_file`).
+    pub system_roots: bool,
+    pub hosts_file: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// Requests with larger bodies are refused with 413 before anything is forwarded.
+    pub max_body_bytes: usize,
+    /// How long to wait for the daemon's verdict before refusing (fail closed).
+    pub decision_timeout_ms: u64,
+    /// How long an upstream may stay silent (connect, or between two reads of a response).
+    pub upstream_timeout_s: u64,
+    /// Concurrent client connections; more are answered 503.
+    pub max_connections: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> GatewaySettings {
+        GatewaySettings {
+            listen: vec!["/run/oknek/gateway.sock".into()],
+            control_socket: None,
+            ca_file: None,
+            system_roots: true,
+            hosts_file: PathBuf::from("/etc/hosts"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            max_body_bytes: 8 << 20,
+            decision_timeout_ms: 2000,
+            upstream_timeout_s: 300,
+            max_connections: 512,
+        }
+    }
 }
 
 /// Where a provider listens.
@@ -163,6 +211,16 @@ pub struct Provider {
     pub api: ApiStyle,
     pub endpoints: Vec<Endpoint>,
     pub tls: bool,
+    /// As written; [`Provider::gateway_only`] applies the default.
+    pub via_gateway: Option<bool>,
+}
+
+impl Provider {
+    /// Whether agents' direct connects to this provider are refused (see
+    /// [`ProviderSpec::via_gateway`]).
+    pub fn gateway_only(&self, gateway_configured: bool) -> bool {
+        gateway_configured && self.via_gateway.unwrap_or(self.kind == ProviderKind::Cloud)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -268,6 +326,7 @@ impl Providers {
                 kind: spec.kind,
                 api: spec.api,
                 tls: spec.tls.unwrap_or(spec.kind == ProviderKind::Cloud),
+                via_gateway: spec.via_gateway,
                 endpoints,
             });
         }

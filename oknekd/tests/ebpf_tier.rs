@@ -287,3 +287,105 @@ print("done")
     d.assert_verifies();
     d.stop();
 }
+
+/// The model-call bundles of `rule` with `verdict` for `provider`, each naming the caller.
+fn model_calls<'a>(
+    events: &'a [Value],
+    rule: &str,
+    verdict: &str,
+    provider: &str,
+) -> Vec<&'a Value> {
+    bundles(events, rule, verdict)
+        .into_iter()
+        .filter(|e| {
+            e["bundle"]["kind"] == "model_call" && e["bundle"]["capture"]["provider"] == provider
+        })
+        .inspect(|e| {
+            assert_eq!(uid_of(e), Some(u64::from(AGENT_UID)), "caller: {e}");
+            assert_eq!(e["bundle"]["agent"], "nobody-agent", "agent: {e}");
+        })
+        .collect()
+}
+
+#[test]
+fn model_calls_at_connect_are_metered_and_refused_in_the_kernel() {
+    if !root_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let pins = Pins::new("models");
+    let local = listener();
+    let cloud = listener();
+    let unapproved = listener();
+    let fixtures = scratch("ebpf-models", false);
+    let hosts = fixtures.path().join("hosts");
+    let resolv = fixtures.path().join("resolv.conf");
+    // Tests have no DNS: the cloud provider's name comes from a hosts-file fixture.
+    std::fs::write(&hosts, "127.0.0.1 api.openai.test\n").unwrap();
+    std::fs::write(&resolv, "# no nameservers in tests\n").unwrap();
+    let rules = only_rules(
+        "oknek_rules: 1\nrules:\n\
+         \x20 - id: T.provider\n    title: Unapproved provider\n    kind: model_call\n\
+         \x20   match: { not: { provider: { exact: [ollama, openai] } } }\n    action: block\n\
+         \x20 - id: T.quota\n    title: Model call quota exceeded\n    kind: model_call\n\
+         \x20   quota: { limit: 2, per: 4s, by: caller }\n    action: block\n",
+    );
+    let config = format!(
+        "{}providers:\n\
+         \x20 - {{ name: ollama, kind: local, api: ollama, endpoints: [\"127.0.0.1:{local}\"] }}\n\
+         \x20 - {{ name: openai, kind: cloud, api: openai, endpoints: [\"api.openai.test:{cloud}\"] }}\n\
+         \x20 - {{ name: mystery, kind: local, api: openai, endpoints: [\"127.0.0.1:{unapproved}\"] }}\n\
+         gateway: {{ listen: [/run/oknek-test-gateway.sock], hosts_file: {}, resolv_conf: {} }}\n",
+        ebpf_config(&pins),
+        hosts.display(),
+        resolv.display()
+    );
+    let mut d = Daemon::start(rules.path(), &config);
+    d.assert_serving(Duration::from_secs(5));
+
+    // The quota: two calls, then EPERM in connect(); others are never metered.
+    assert_connected("first call", &connect_as(AGENT_UID, local));
+    assert_connected("second call", &connect_as(AGENT_UID, local));
+    assert_connect_refused("third call within the quota", &connect_as(AGENT_UID, local));
+    assert_connected("root (not an agent)", &connect_as(0, local));
+    // A cloud provider bypassing the gateway, and a provider no rule approves.
+    assert_connect_refused(
+        "direct call to the cloud provider",
+        &connect_as(AGENT_UID, cloud),
+    );
+    assert_connected("root to the cloud provider", &connect_as(0, cloud));
+    assert_connect_refused("unapproved provider", &connect_as(AGENT_UID, unapproved));
+    // 2 per 4 s refills one call every 2 s (the daemon refills once a second).
+    std::thread::sleep(Duration::from_millis(3200));
+    assert_connected("call after the refill", &connect_as(AGENT_UID, local));
+
+    let allowed = wait_for(&d, "oknek.model_call", "allow", 3);
+    let quota = wait_for(&d, "T.quota", "block", 1);
+    let gateway = wait_for(&d, "oknek.gateway_only", "block", 1);
+    let provider = wait_for(&d, "T.provider", "block", 1);
+    let events = d.events();
+    assert_eq!(
+        model_calls(&events, "oknek.model_call", "allow", "ollama").len(),
+        3,
+        "{allowed:?}"
+    );
+    let q = &model_calls(&events, "T.quota", "block", "ollama")[0]["bundle"];
+    assert_eq!(mechanism(&quota[0]), "cgroup_sock_addr");
+    assert_eq!(q["extra"]["quota"]["remaining"], 0, "quota state: {q}");
+    assert_eq!(q["extra"]["quota"]["limit"], 2, "quota state: {q}");
+    assert_eq!(
+        model_calls(&events, "oknek.gateway_only", "block", "openai").len(),
+        1,
+        "{gateway:?}"
+    );
+    assert_eq!(
+        model_calls(&events, "T.provider", "block", "mystery").len(),
+        1,
+        "{provider:?}"
+    );
+    assert!(
+        bundles(&events, "T.quota", "block").len() == 1,
+        "one refusal, one bundle: {quota:?}"
+    );
+    d.assert_verifies();
+}

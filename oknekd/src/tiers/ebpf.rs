@@ -10,7 +10,7 @@
 //! meaning is kept in `ebpf-ids.json` in the state directory and only ever grows: a restarted
 //! daemon reads what the previous one left in the ring buffer with the same names.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
@@ -21,12 +21,13 @@ use oknek_bpf::{
     AgentMaps, BlockRule, Detail, Enforcer, KernelEvent, NetEntry, ProbeConfig, Probes, Start,
     Support,
 };
-use oknek_engine::{Enforceability, KernelEntry, KernelPlan};
+use oknek_engine::{Enforceability, KernelEntry, KernelPlan, ModelConnectRule, QuotaBy};
 use oknek_event::{Action, Event, Kind, Mechanism, Process, SockAddr, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentSpec;
 use crate::expand::expand_glob;
+use crate::models::{GATEWAY_ONLY_RULE, ModelCalls, QUOTA_FULL_RULE};
 use crate::procinfo;
 
 /// Where the probes pin their maps and links unless configured otherwise.
@@ -51,6 +52,9 @@ pub enum EbpfError {
 struct Ids {
     agents: Vec<String>,
     rules: Vec<String>,
+    /// Model providers, by their index in the kernel's policy array.
+    #[serde(default)]
+    providers: Vec<String>,
 }
 
 impl Ids {
@@ -110,6 +114,9 @@ pub struct EbpfTier {
     /// The cgroup directories of agents declared by unit or cgroup, as last found.
     agent_cgroup_dirs: Vec<(PathBuf, u32)>,
     pub coverage: Vec<RuleCoverage>,
+    /// Quotas the kernel meters: rule index → (limit, period).
+    quota_rates: BTreeMap<u32, (u64, Duration)>,
+    last_refill: Instant,
 }
 
 impl EbpfTier {
@@ -139,6 +146,8 @@ impl EbpfTier {
             pending: VecDeque::new(),
             agent_cgroup_dirs: Vec::new(),
             coverage: Vec::new(),
+            quota_rates: BTreeMap::new(),
+            last_refill: Instant::now(),
         })
     }
 
@@ -371,6 +380,118 @@ impl EbpfTier {
         Ok(())
     }
 
+    /// Loads the model providers' addresses and the connect-time model-call rules into the
+    /// kernel. Returns the ids of the rules whose quotas the kernel now meters; the rules'
+    /// coverage (what stays in userspace, and why) is added to `coverage`.
+    pub fn set_models(
+        &mut self,
+        models: &ModelCalls,
+        plan: &[ModelConnectRule],
+    ) -> Result<HashSet<String>, EbpfError> {
+        let mut entries = Vec::new();
+        for (addr, name) in models.book().entries() {
+            let Some(provider) = models.providers().get(name) else {
+                continue;
+            };
+            let provider_id = Ids::number(&mut self.ids.providers, name);
+            let (ip, port) = match addr {
+                SockAddr::Inet { addr, port } => (std::net::IpAddr::V4(*addr), *port),
+                SockAddr::Inet6 { addr, port } => (std::net::IpAddr::V6(*addr), *port),
+                // Unix sockets are not connects the kernel tier matches.
+                SockAddr::Unix { .. } => continue,
+            };
+            entries.push(oknek_bpf::ProviderEntry {
+                addr: ip,
+                port,
+                provider_id,
+                gateway_only: provider.gateway_only(models.gateway_configured()),
+            });
+        }
+        let mut rules = Vec::new();
+        let mut rates = BTreeMap::new();
+        let mut metered = HashSet::new();
+        for rule in plan {
+            let mut cov = RuleCoverage {
+                rule: rule.id.clone(),
+                entries: 0,
+                userspace: Vec::new(),
+            };
+            if let Enforceability::Userspace { reasons } = &rule.enforceability {
+                cov.userspace.extend(reasons.iter().cloned());
+                self.coverage.push(cov);
+                continue;
+            }
+            let mut agents = 0u64;
+            if let Some(names) = &rule.agents {
+                for name in names {
+                    let id = self.ids.agent(name) as usize;
+                    if id < MAX_SCOPED_AGENTS {
+                        agents |= 1 << id;
+                    } else {
+                        cov.userspace
+                            .push(format!("agent {name}: more than 64 agents in the kernel"));
+                    }
+                }
+                if agents == 0 {
+                    self.coverage.push(cov);
+                    continue;
+                }
+            }
+            let rule_index = self.ids.rule(&rule.id);
+            let providers: Vec<u32> = rule
+                .providers
+                .iter()
+                .map(|name| Ids::number(&mut self.ids.providers, name))
+                .filter(|&id| (id as usize) < oknek_bpf::layout::MAX_PROVIDERS)
+                .collect();
+            cov.entries = providers.len();
+            let quota = rule.quota.map(|q| {
+                rates.insert(rule_index, (q.limit, Duration::from_secs(q.per_secs)));
+                metered.insert(rule.id.clone());
+                let by = match q.by {
+                    QuotaBy::Caller => oknek_bpf::QuotaBy::Caller,
+                    QuotaBy::Provider => oknek_bpf::QuotaBy::Provider,
+                    QuotaBy::CallerProvider => oknek_bpf::QuotaBy::CallerProvider,
+                    QuotaBy::Agent => oknek_bpf::QuotaBy::Agent,
+                };
+                (q.limit, by)
+            });
+            rules.push(oknek_bpf::ModelRule {
+                rule_index,
+                agents,
+                hold: rule.hold,
+                providers,
+                quota,
+            });
+            self.coverage.push(cov);
+        }
+        self.save_ids()?;
+        let refusals = self.probes.set_models(&entries, &rules)?;
+        for refusal in refusals {
+            let id = self
+                .ids
+                .rules
+                .get(refusal.rule_index as usize)
+                .cloned()
+                .unwrap_or_default();
+            metered.remove(&id);
+            if let Some(cov) = self.coverage.iter_mut().rev().find(|c| c.rule == id) {
+                cov.userspace.push(refusal.reason.clone());
+            }
+        }
+        self.quota_rates = rates;
+        Ok(metered)
+    }
+
+    /// Refills the kernel's quota buckets for the time since the last refill (once a second).
+    pub fn refill_quotas(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.last_refill);
+        self.last_refill = now;
+        if let Err(e) = self.probes.refill_quotas(&self.quota_rates, elapsed) {
+            crate::warn!("oknekd: eBPF: refilling quota buckets: {e}");
+        }
+    }
+
     /// Events lost since the last call (ring buffer full), to record as a gap.
     pub fn take_lost(&mut self) -> u64 {
         let lost = self.probes.lost_events();
@@ -398,10 +519,11 @@ impl EbpfTier {
         self.probes.drain(|ev| batch.push(ev));
         let mut out = Vec::with_capacity(batch.len());
         for ev in batch {
-            let refused_by = ev
-                .blocked
-                .as_ref()
-                .and_then(|b| self.ids.rules.get(b.rule_index as usize).cloned());
+            let refused_by = ev.blocked.as_ref().and_then(|b| match b.rule_index {
+                oknek_bpf::layout::RULE_GATEWAY_ONLY => Some(GATEWAY_ONLY_RULE.to_owned()),
+                oknek_bpf::layout::RULE_QUOTA_FULL => Some(QUOTA_FULL_RULE.to_owned()),
+                index => self.ids.rules.get(index as usize).cloned(),
+            });
             let event = self.to_event(&ev, identities);
             let kind = event.kind();
             if ev.blocked.is_some() {
@@ -471,7 +593,7 @@ impl EbpfTier {
                 flags: *flags,
                 mode: *mode,
             },
-            Detail::Connect { dest } => Action::Connect { dest: dest.clone() },
+            Detail::Connect { dest, .. } => Action::Connect { dest: dest.clone() },
             Detail::Send { dest, bytes } => Action::Send {
                 dest: dest.clone().unwrap_or(SockAddr::Unix {
                     path: String::new(),

@@ -84,7 +84,8 @@ pub struct NetBody {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    pub _pad: u32,
+    /// connect: the model provider's id + 1 when the destination is one, else 0.
+    pub provider: u32,
     /// Network byte order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
 }
@@ -171,8 +172,90 @@ pub struct Meta {
     pub _pad: u32,
 }
 
+/// `agent_tasks` value: a tracked process's agent and the executable it runs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Task {
+    pub agent_id: u32,
+    /// Kernel encoding (see [`crate::kernel_dev`]).
+    pub exe_dev: u32,
+    pub exe_ino: u64,
+}
+
+pub const KIND_MODEL_CALL: u32 = 5;
+pub const MAX_PROVIDERS: usize = 256;
+pub const QUOTA_SLOTS: usize = 4;
+pub const PROVIDER_GATEWAY_ONLY: u32 = 1;
+/// `rule_index` of a refusal because the provider is reachable through the gateway only.
+pub const RULE_GATEWAY_ONLY: u32 = 0xffff_ff01;
+/// `rule_index` of a refusal because no quota bucket could be created (map full).
+pub const RULE_QUOTA_FULL: u32 = 0xffff_ff02;
+pub const QUOTA_BY_CALLER: u8 = 0;
+pub const QUOTA_BY_PROVIDER: u8 = 1;
+pub const QUOTA_BY_CALLER_PROVIDER: u8 = 2;
+pub const QUOTA_BY_AGENT: u8 = 3;
+/// Credit units per call, so that refills can add fractions of a call.
+pub const QUOTA_UNIT: u64 = 1_000_000;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderKey {
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderValue {
+    /// Index into `model_policy`.
+    pub id: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaSlot {
+    /// As in [`BlockSlot::agents`].
+    pub agents: u64,
+    /// limit × [`QUOTA_UNIT`]: a new bucket's credit.
+    pub capacity: u64,
+    pub rule_index: u32,
+    pub flags: u8,
+    pub by: u8,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelPolicy {
+    /// Rules refusing every call to the provider (`kinds` unused).
+    pub refuse: [BlockSlot; SLOTS],
+    pub quotas: [QuotaSlot; QUOTA_SLOTS],
+}
+
+/// A quota bucket: whose calls, under which rule.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QuotaKey {
+    pub rule_index: u32,
+    pub agent_id: u32,
+    pub uid: u32,
+    pub provider_id: u32,
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub _pad: u32,
+}
+
 // SAFETY: plain C structs of integers and byte arrays, every bit pattern valid, no padding the
 // compiler inserts (asserted below: sizes equal the sum of explicit fields).
+unsafe impl aya::Pod for Task {}
+unsafe impl aya::Pod for ProviderKey {}
+unsafe impl aya::Pod for ProviderValue {}
+unsafe impl aya::Pod for ModelPolicy {}
+unsafe impl aya::Pod for QuotaKey {}
 unsafe impl aya::Pod for InodeKey {}
 unsafe impl aya::Pod for BlockValue {}
 unsafe impl aya::Pod for NetKeyData {}
@@ -193,6 +276,12 @@ const _: () = assert!(size_of::<BlockValue>() == 128);
 const _: () = assert!(size_of::<NetKeyData>() == 20 && 4 + size_of::<NetKeyData>() == 24);
 const _: () = assert!(size_of::<Settings>() == 8);
 const _: () = assert!(size_of::<Meta>() == 40);
+const _: () = assert!(size_of::<Task>() == 16);
+const _: () = assert!(size_of::<ProviderKey>() == 24 && size_of::<ProviderValue>() == 8);
+const _: () = assert!(size_of::<QuotaSlot>() == 24);
+const _: () = assert!(size_of::<ModelPolicy>() == 224 && offset_of!(ModelPolicy, quotas) == 128);
+const _: () = assert!(size_of::<QuotaKey>() == 32);
+const _: () = assert!(offset_of!(NetBody, provider) == 12);
 
 /// Why a ring-buffer record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -263,7 +352,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         KIND_CONNECT => {
             let body = unsafe { raw.body.net };
             let dest = sock_addr(&body).ok_or(DecodeError::NoDestination(body.family))?;
-            (Kind::Connect, Detail::Connect { dest })
+            let provider = body.provider.checked_sub(1);
+            (Kind::Connect, Detail::Connect { dest, provider })
         }
         KIND_SEND => {
             let body = unsafe { raw.body.net };
@@ -419,7 +509,7 @@ mod tests {
         assert!(blocked.held);
         assert!(matches!(blocked.enforcer, Enforcer::CgroupSockAddr));
         match event.detail {
-            Detail::Connect { dest } => assert_eq!(dest.to_string(), "127.0.0.9:8080"),
+            Detail::Connect { dest, .. } => assert_eq!(dest.to_string(), "127.0.0.9:8080"),
             other => panic!("unexpected {other:?}"),
         }
     }

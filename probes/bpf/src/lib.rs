@@ -8,6 +8,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub mod layout;
+pub mod models;
 mod rules;
 mod support;
 mod sys;
@@ -31,7 +32,11 @@ pub use oknek_event::Kind;
 pub use rules::CompiledRules;
 pub use support::{Check, Support, active_lsms, probe_support};
 
-use layout::{BlockValue, InodeKey, Meta, NetKeyData, Settings};
+use layout::{
+    BlockValue, InodeKey, MAX_PROVIDERS, Meta, ModelPolicy, NetKeyData, ProviderKey, ProviderValue,
+    QuotaKey, Settings, Task,
+};
+pub use models::{Bucket, ModelRule, ProviderEntry, QuotaBy};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oknek.bpf.o"));
 
@@ -206,6 +211,8 @@ pub enum Detail {
     },
     Connect {
         dest: oknek_event::SockAddr,
+        /// The model provider (its id in the provider map) when the destination is one.
+        provider: Option<u32>,
     },
     Send {
         dest: Option<oknek_event::SockAddr>,
@@ -382,7 +389,7 @@ fn wanted(cfg: &ProbeConfig, group: Group) -> bool {
 }
 
 /// Maps shared with userspace, by pin name.
-const COPIED_ON_UPGRADE: [&str; 8] = [
+const COPIED_ON_UPGRADE: [&str; 10] = [
     "agent_tasks",
     "agent_exes",
     "agent_cgroups",
@@ -391,6 +398,9 @@ const COPIED_ON_UPGRADE: [&str; 8] = [
     "block_files",
     "block_dirs",
     "block_nets",
+    // Quota buckets: an upgrade must not hand every caller a full bucket.
+    "quota_used",
+    "quota_credit",
 ];
 
 /// The loaded (or adopted) probes. Dropping it leaves everything pinned and attached.
@@ -398,7 +408,7 @@ pub struct Probes {
     version_dir: PathBuf,
     lsm: bool,
     cgroup: bool,
-    agent_tasks: HashMap<MapData, u32, u32>,
+    agent_tasks: HashMap<MapData, u32, Task>,
     agent_exes: HashMap<MapData, InodeKey, u32>,
     agent_cgroups: HashMap<MapData, u64, u32>,
     agent_uids: HashMap<MapData, u32, u32>,
@@ -406,6 +416,10 @@ pub struct Probes {
     block_files: HashMap<MapData, InodeKey, BlockValue>,
     block_dirs: HashMap<MapData, InodeKey, BlockValue>,
     block_nets: LpmTrie<MapData, NetKeyData, BlockValue>,
+    providers: HashMap<MapData, ProviderKey, ProviderValue>,
+    model_policy: Array<MapData, ModelPolicy>,
+    quota_used: HashMap<MapData, QuotaKey, u64>,
+    quota_credit: HashMap<MapData, QuotaKey, u64>,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     unpinned: Vec<&'static str>,
@@ -631,7 +645,9 @@ fn copy_state(from: &Path, to: &Path) -> Vec<(&'static str, String)> {
     let mut skipped = Vec::new();
     for name in COPIED_ON_UPGRADE {
         let result = match name {
-            "agent_tasks" | "agent_uids" => copy_hash::<u32, u32>(from, to, name),
+            "agent_tasks" => copy_hash::<u32, Task>(from, to, name),
+            "agent_uids" => copy_hash::<u32, u32>(from, to, name),
+            "quota_used" | "quota_credit" => copy_hash::<QuotaKey, u64>(from, to, name),
             "agent_exes" => copy_hash::<InodeKey, u32>(from, to, name),
             "agent_cgroups" => copy_hash::<u64, u32>(from, to, name),
             "block_nets" => (|| {
@@ -786,6 +802,11 @@ impl Probes {
             block_dirs: hash(&maps_dir, "block_dirs")?,
             block_nets: LpmTrie::try_from(open_pinned(&maps_dir, "block_nets")?)
                 .map_err(map_error("block_nets"))?,
+            providers: hash(&maps_dir, "providers")?,
+            model_policy: Array::try_from(open_pinned(&maps_dir, "model_policy")?)
+                .map_err(map_error("model_policy"))?,
+            quota_used: hash(&maps_dir, "quota_used")?,
+            quota_credit: hash(&maps_dir, "quota_credit")?,
             ring: RingBuf::try_from(open_pinned(&maps_dir, "events")?)
                 .map_err(map_error("events"))?,
             lost: PerCpuArray::try_from(open_pinned(&maps_dir, "lost")?)
@@ -857,10 +878,20 @@ impl Probes {
         Ok(())
     }
 
-    /// Marks a running process (and, from now on, its children) as an agent.
+    /// Marks a running process (and, from now on, its children) as an agent. Its executable
+    /// (the caller identity of quotas) is read from /proc; a process that already exited is
+    /// tracked without one.
     pub fn track_task(&mut self, tgid: u32, agent_id: u32) -> Result<(), BpfError> {
+        use std::os::unix::fs::MetadataExt;
+        let (exe_dev, exe_ino) = std::fs::metadata(format!("/proc/{tgid}/exe"))
+            .map_or((0, 0), |md| (kernel_dev(md.dev()), md.ino()));
+        let task = Task {
+            agent_id,
+            exe_dev,
+            exe_ino,
+        };
         self.agent_tasks
-            .insert(tgid, agent_id, 0)
+            .insert(tgid, task, 0)
             .map_err(map_error("agent_tasks"))
     }
 
@@ -874,7 +905,83 @@ impl Probes {
 
     /// The agent id of a tracked process.
     pub fn tracked_agent(&self, tgid: u32) -> Option<u32> {
-        self.agent_tasks.get(&tgid, 0).ok()
+        self.agent_tasks.get(&tgid, 0).ok().map(|t| t.agent_id)
+    }
+
+    /// Replaces the model providers' addresses and their connect-time policy; returns the
+    /// rules (per provider) the kernel cannot hold. Quota buckets of rules no longer metered
+    /// are dropped by the next [`Probes::refill_quotas`].
+    pub fn set_models(
+        &mut self,
+        providers: &[ProviderEntry],
+        rules: &[ModelRule],
+    ) -> Result<Vec<RuleRefusal>, BpfError> {
+        let (policies, refusals) = models::compile(rules);
+        // Policies first: an address must never point at a provider id whose policy is stale.
+        for id in 0..MAX_PROVIDERS as u32 {
+            let policy = policies.get(&id).copied().unwrap_or_default();
+            self.model_policy
+                .set(id, policy, 0)
+                .map_err(map_error("model_policy"))?;
+        }
+        let wanted = models::provider_map(
+            &providers
+                .iter()
+                .filter(|p| (p.provider_id as usize) < MAX_PROVIDERS)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        replace_hash(&mut self.providers, &wanted, "providers")?;
+        Ok(refusals)
+    }
+
+    /// Adds `elapsed` worth of credit to every bucket (`rates`: rule index → (limit, period));
+    /// removes buckets that are full (a new bucket starts full, so nothing is lost) and those
+    /// of rules not in `rates`. Returns the buckets left.
+    pub fn refill_quotas(
+        &mut self,
+        rates: &BTreeMap<u32, (u64, std::time::Duration)>,
+        elapsed: std::time::Duration,
+    ) -> Result<usize, BpfError> {
+        let keys: Vec<QuotaKey> = self.quota_used.keys().filter_map(Result::ok).collect();
+        let mut left = 0;
+        for key in keys {
+            let used = self.quota_used.get(&key, 0).unwrap_or(0);
+            let credit = self.quota_credit.get(&key, 0).ok();
+            let full = rates.get(&key.rule_index).and_then(|&(limit, per)| {
+                let credit = credit?;
+                let new = models::refill(used, credit, limit, per, elapsed);
+                Some((new, new >= used.saturating_add(limit) * layout::QUOTA_UNIT))
+            });
+            match full {
+                Some((credit, false)) => {
+                    self.quota_credit
+                        .insert(key, credit, 0)
+                        .map_err(map_error("quota_credit"))?;
+                    left += 1;
+                }
+                // Full, gone from the rules, or being created right now (no credit yet).
+                _ if credit.is_none() => left += 1,
+                _ => {
+                    // Credit first: a call in between recreates it full, which it is.
+                    let _ = self.quota_credit.remove(&key);
+                    let _ = self.quota_used.remove(&key);
+                }
+            }
+        }
+        Ok(left)
+    }
+
+    /// Every quota bucket (for status output and evidence).
+    pub fn quota_buckets(&self) -> Vec<Bucket> {
+        self.quota_used
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(key, used)| {
+                let credit = self.quota_credit.get(&key, 0).ok()?;
+                Some(Bucket { key, used, credit })
+            })
+            .collect()
     }
 
     /// Replaces the block maps; returns the rules (or entries) the kernel cannot hold.

@@ -133,7 +133,7 @@ fn collect(
 
 fn blocked_connect_to(events: &[KernelEvent], addr: SocketAddr, rule_index: u32) -> bool {
     events.iter().any(|e| {
-        matches!(&e.detail, Detail::Connect { dest } if dest.to_string() == addr.to_string())
+        matches!(&e.detail, Detail::Connect { dest, .. } if dest.to_string() == addr.to_string())
             && e.blocked.as_ref().is_some_and(|b| {
                 b.rule_index == rule_index && b.enforcer == Enforcer::CgroupSockAddr
             })
@@ -466,7 +466,7 @@ fn observations_arrive_for_agents_only() {
     assert_eq!(open.1, 0o640);
     assert!(
         mine.iter().any(
-            |e| matches!(&e.detail, Detail::Connect { dest } if dest.to_string() == tcp.to_string())
+            |e| matches!(&e.detail, Detail::Connect { dest, .. } if dest.to_string() == tcp.to_string())
         ),
         "connect: {events:?}"
     );
@@ -662,4 +662,149 @@ fn a_refused_lsm_start_leaves_no_pins() {
     assert!(error.to_string().contains("enforce_"), "{error}");
     let left = fx.pin_dir.read_dir().map(|dir| dir.count()).unwrap_or(0);
     assert_eq!(left, 0, "a failed start leaves nothing pinned");
+}
+
+/// One bash per connect, tracked as the agent before it connects; true when it connected.
+/// The ring buffer is drained into `seen` after each (a bash reports a hundred opens).
+fn agent_connects(probes: &mut Probes, addr: SocketAddr, seen: &mut Vec<KernelEvent>) -> bool {
+    let mut child = gated_bash(&format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port()));
+    probes.track_task(child.id(), AGENT).unwrap();
+    release(&mut child);
+    let output = child.wait_with_output().unwrap();
+    probes.drain(|e| {
+        if e.kind == Kind::Connect {
+            seen.push(e)
+        }
+    });
+    if output.status.success() {
+        return true;
+    }
+    assert_refused(output, "an agent's model call");
+    false
+}
+
+fn model_call_to(events: &[KernelEvent], addr: SocketAddr, provider: u32) -> Vec<&KernelEvent> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(&e.detail, Detail::Connect { dest, provider: Some(p) }
+                if dest.to_string() == addr.to_string() && *p == provider)
+        })
+        .collect()
+}
+
+#[test]
+fn model_calls_are_metered_refused_and_refilled_in_connect() {
+    use oknek_bpf::{ModelRule, ProviderEntry, QuotaBy};
+    let Some(fx) = Fixture::new("models") else {
+        return;
+    };
+    let mut probes = fx.start();
+    let (_local, local) = listener();
+    let (_cloud, cloud) = listener();
+    let (_banned, banned) = listener();
+    let entry = |addr: SocketAddr, provider_id, gateway_only| ProviderEntry {
+        addr: addr.ip(),
+        port: addr.port(),
+        provider_id,
+        gateway_only,
+    };
+    let refusals = probes
+        .set_models(
+            &[
+                entry(local, 0, false),
+                entry(cloud, 1, true),
+                entry(banned, 2, false),
+            ],
+            &[
+                ModelRule {
+                    rule_index: 40,
+                    agents: 0,
+                    hold: false,
+                    providers: vec![2],
+                    quota: None,
+                },
+                ModelRule {
+                    rule_index: 41,
+                    agents: 1 << AGENT,
+                    hold: false,
+                    providers: vec![0, 2],
+                    quota: Some((2, QuotaBy::Caller)),
+                },
+            ],
+        )
+        .unwrap();
+    assert!(refusals.is_empty(), "{refusals:?}");
+
+    let mut seen = Vec::new();
+    // Two calls pass, the third fails in connect(); a non-agent is never metered.
+    assert!(agent_connects(&mut probes, local, &mut seen), "first call");
+    assert!(agent_connects(&mut probes, local, &mut seen), "second call");
+    assert!(!agent_connects(&mut probes, local, &mut seen), "third call");
+    for _ in 0..5 {
+        assert_connects(local);
+    }
+    // Through the gateway only, and a provider no rule allows.
+    assert!(
+        !agent_connects(&mut probes, cloud, &mut seen),
+        "direct cloud call"
+    );
+    assert!(
+        !agent_connects(&mut probes, banned, &mut seen),
+        "unapproved provider"
+    );
+    assert_connects(cloud);
+
+    let buckets = probes.quota_buckets();
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    assert_eq!((buckets[0].used, buckets[0].remaining()), (2, 0));
+    assert_eq!(buckets[0].key.rule_index, 41);
+    assert_eq!(buckets[0].key.agent_id, AGENT);
+    assert_ne!(
+        buckets[0].key.exe_ino, 0,
+        "the caller's executable is in the key"
+    );
+
+    // Half a period gives one call back (2 per minute → 30 s).
+    let rates = [(41, (2, Duration::from_secs(60)))].into_iter().collect();
+    probes
+        .refill_quotas(&rates, Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        agent_connects(&mut probes, local, &mut seen),
+        "call after refill"
+    );
+    assert!(
+        !agent_connects(&mut probes, local, &mut seen),
+        "and only one"
+    );
+
+    let events = seen;
+    let local_calls = model_call_to(&events, local, 0);
+    let refused: Vec<u32> = local_calls
+        .iter()
+        .filter_map(|e| e.blocked.as_ref().map(|b| b.rule_index))
+        .collect();
+    assert_eq!(
+        local_calls.len(),
+        5,
+        "every model call is reported: {local_calls:?}"
+    );
+    assert_eq!(refused, [41, 41], "the quota rule refused twice");
+    let cloud_refusal = model_call_to(&events, cloud, 1);
+    assert_eq!(
+        cloud_refusal[0].blocked.as_ref().map(|b| b.rule_index),
+        Some(oknek_bpf::layout::RULE_GATEWAY_ONLY)
+    );
+    let banned_refusal = model_call_to(&events, banned, 2);
+    assert_eq!(
+        banned_refusal[0].blocked.as_ref().map(|b| b.rule_index),
+        Some(40)
+    );
+
+    // A full idle bucket is dropped (a new one starts full); rules gone drop theirs too.
+    probes
+        .refill_quotas(&rates, Duration::from_secs(3600))
+        .unwrap();
+    assert!(probes.quota_buckets().is_empty());
 }

@@ -24,8 +24,8 @@ char LICENSE[] SEC("license") = "GPL";
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32);   /* tgid */
-	__type(value, __u32); /* agent id */
+	__type(key, __u32); /* tgid */
+	__type(value, struct oknek_task);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } agent_tasks SEC(".maps");
 
@@ -125,7 +125,41 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hold_pending SEC(".maps");
 
-static __always_inline __u32 *current_agent(void)
+/* Model providers and their policy (src/models.rs writes them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct oknek_provider_key);
+	__type(value, struct oknek_provider);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} providers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OKNEK_MAX_PROVIDERS);
+	__type(key, __u32);
+	__type(value, struct oknek_model_policy);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} model_policy SEC(".maps");
+
+/* Quota buckets: calls counted here, credit refilled by userspace (see oknek_event.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct oknek_quota_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} quota_used SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct oknek_quota_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} quota_credit SEC(".maps");
+
+static __always_inline struct oknek_task *current_agent(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	return bpf_map_lookup_elem(&agent_tasks, &tgid);
@@ -201,14 +235,17 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(track_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	__u32 *known = bpf_map_lookup_elem(&agent_tasks, &tgid);
+	struct oknek_task *known = bpf_map_lookup_elem(&agent_tasks, &tgid);
 	__u32 agent_id;
 	struct oknek_inode_key key = {};
 	struct inode *inode = BPF_CORE_READ(bprm, file, f_inode);
 	inode_key_of(inode, &key);
 
 	if (known) {
-		agent_id = *known;
+		agent_id = known->agent_id;
+		/* The process now runs another executable: another caller for quotas. */
+		known->exe_dev = key.dev;
+		known->exe_ino = key.ino;
 	} else {
 		__u32 *hit = bpf_map_lookup_elem(&agent_exes, &key);
 		if (!hit) {
@@ -222,7 +259,12 @@ int BPF_PROG(track_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 		if (!hit)
 			return 0;
 		agent_id = *hit;
-		bpf_map_update_elem(&agent_tasks, &tgid, &agent_id, BPF_ANY);
+		struct oknek_task task_value = {
+			.agent_id = agent_id,
+			.exe_dev = key.dev,
+			.exe_ino = key.ino,
+		};
+		bpf_map_update_elem(&agent_tasks, &tgid, &task_value, BPF_ANY);
 	}
 	if (!observing())
 		return 0;
@@ -262,11 +304,11 @@ int BPF_PROG(track_fork, struct task_struct *parent, struct task_struct *child)
 	__u32 child_tgid = BPF_CORE_READ(child, tgid);
 	if (parent_tgid == child_tgid) /* a new thread, not a new process */
 		return 0;
-	__u32 *agent_id = bpf_map_lookup_elem(&agent_tasks, &parent_tgid);
-	if (!agent_id)
+	struct oknek_task *parent_task = bpf_map_lookup_elem(&agent_tasks, &parent_tgid);
+	if (!parent_task)
 		return 0;
-	__u32 id = *agent_id;
-	bpf_map_update_elem(&agent_tasks, &child_tgid, &id, BPF_ANY);
+	struct oknek_task child_task = *parent_task;
+	bpf_map_update_elem(&agent_tasks, &child_tgid, &child_task, BPF_ANY);
 	return 0;
 }
 
@@ -290,10 +332,10 @@ int BPF_PROG(track_exit, struct task_struct *task)
 
 static __always_inline void observe_open(const char *upath, __u32 flags, __u32 mode)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return;
-	struct oknek_event *e = reserve(OKNEK_KIND_OPEN, *agent);
+	struct oknek_event *e = reserve(OKNEK_KIND_OPEN, agent->agent_id);
 	if (!e)
 		return;
 	e->open.ino = 0;
@@ -323,7 +365,7 @@ int observe_openat(struct syscall_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_openat2")
 int observe_openat2(struct syscall_enter_ctx *ctx)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
 	struct user_open_how how = {};
@@ -359,10 +401,10 @@ static __always_inline void read_user_sockaddr(struct oknek_net *net, const void
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int observe_sendto(struct syscall_enter_ctx *ctx)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	struct oknek_event *e = reserve(OKNEK_KIND_SEND, *agent);
+	struct oknek_event *e = reserve(OKNEK_KIND_SEND, agent->agent_id);
 	if (!e)
 		return 0;
 	__builtin_memset(&e->net, 0, sizeof(e->net));
@@ -375,13 +417,13 @@ int observe_sendto(struct syscall_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int observe_sendmsg(struct syscall_enter_ctx *ctx)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
 	struct user_msghdr msg = {};
 	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) < 0)
 		return 0;
-	struct oknek_event *e = reserve(OKNEK_KIND_SEND, *agent);
+	struct oknek_event *e = reserve(OKNEK_KIND_SEND, agent->agent_id);
 	if (!e)
 		return 0;
 	__builtin_memset(&e->net, 0, sizeof(e->net));
@@ -404,10 +446,10 @@ int observe_sendmsg(struct syscall_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int observe_connect(struct syscall_enter_ctx *ctx)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	struct oknek_event *e = reserve(OKNEK_KIND_CONNECT, *agent);
+	struct oknek_event *e = reserve(OKNEK_KIND_CONNECT, agent->agent_id);
 	if (!e)
 		return 0;
 	__builtin_memset(&e->net, 0, sizeof(e->net));
@@ -423,10 +465,10 @@ int observe_connect(struct syscall_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_inotify_add_watch")
 int observe_watch(struct syscall_enter_ctx *ctx)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	struct oknek_event *e = reserve(OKNEK_KIND_WATCH, *agent);
+	struct oknek_event *e = reserve(OKNEK_KIND_WATCH, agent->agent_id);
 	if (!e)
 		return 0;
 	e->watch.ino = 0;
@@ -510,10 +552,10 @@ int BPF_PROG(enforce_exec, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret;
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	__u32 agent_id = *agent;
+	__u32 agent_id = agent->agent_id;
 	struct oknek_inode_key key = {};
 	inode_key_of(BPF_CORE_READ(bprm, file, f_inode), &key);
 	struct oknek_block_value *v = bpf_map_lookup_elem(&block_exes, &key);
@@ -549,10 +591,10 @@ int BPF_PROG(enforce_open, struct file *file, int ret)
 {
 	if (ret)
 		return ret;
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	__u32 agent_id = *agent;
+	__u32 agent_id = agent->agent_id;
 	struct oknek_inode_key key = {};
 	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
 	const struct oknek_block_slot *slot =
@@ -571,10 +613,10 @@ int BPF_PROG(enforce_watch, const struct path *path, __u64 mask, unsigned int ob
 {
 	if (ret)
 		return ret;
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	__u32 agent_id = *agent;
+	__u32 agent_id = agent->agent_id;
 	struct oknek_inode_key key = {};
 	struct dentry *dentry = BPF_CORE_READ(path, dentry);
 	const struct oknek_block_slot *slot = file_block(dentry, BPF_CORE_READ(dentry, d_inode),
@@ -613,9 +655,124 @@ static __always_inline const struct oknek_block_slot *net_block(__u16 family, co
 	return &v->slots[slot];
 }
 
+/* A connect's verdict on the model-call side. */
+struct model_verdict {
+	__u32 provider; /* provider id + 1, or 0: not a model call */
+	__u32 refused;
+	__u32 rule_index;
+	__u32 held;
+};
+
+static __always_inline int agent_in(__u64 agents, __u32 agent_id)
+{
+	return !agents || (agent_id < 64 && (agents & (1ull << agent_id)));
+}
+
+/* Only one hook judges model calls, so a call takes one quota token even where both BPF LSM
+ * and the cgroup programs are attached. */
+static __always_inline int model_hook_is(__u32 hook)
+{
+	__u32 zero = 0;
+	struct oknek_settings *s = bpf_map_lookup_elem(&settings, &zero);
+	return s && s->net_observer == hook;
+}
+
+/* Is the destination a model provider, and may this caller call it now? Takes a quota token
+ * from every quota the call passes. */
+static __always_inline void model_check(const struct oknek_task *task, __u16 family,
+					const __u8 *addr, __u16 port, struct model_verdict *v)
+{
+	struct oknek_provider_key pk = {};
+	pk.port = port;
+	if (family == AF_INET) {
+		pk.family = AF_INET;
+		__builtin_memcpy(pk.addr, addr, 4);
+	} else if (family == AF_INET6) {
+		/* An IPv4-mapped address reaches the IPv4 provider: look that up. */
+		__u64 head;
+		__u32 mid;
+		__builtin_memcpy(&head, addr, 8);
+		__builtin_memcpy(&mid, addr + 8, 4);
+		if (head == 0 && mid == __builtin_bswap32(0xffff)) {
+			pk.family = AF_INET;
+			__builtin_memcpy(pk.addr, addr + 12, 4);
+		} else {
+			pk.family = AF_INET6;
+			__builtin_memcpy(pk.addr, addr, 16);
+		}
+	} else {
+		return;
+	}
+	struct oknek_provider *p = bpf_map_lookup_elem(&providers, &pk);
+	if (!p)
+		return;
+	__u32 id = p->id;
+	v->provider = id + 1;
+	if (p->flags & OKNEK_PROVIDER_GATEWAY_ONLY) {
+		v->refused = 1;
+		v->rule_index = OKNEK_RULE_GATEWAY_ONLY;
+		return;
+	}
+	struct oknek_model_policy *policy = bpf_map_lookup_elem(&model_policy, &id);
+	if (!policy)
+		return;
+	for (int i = 0; i < OKNEK_SLOTS; i++) {
+		const struct oknek_block_slot *s = &policy->refuse[i];
+		if (!(s->flags & OKNEK_SLOT_USED) || !agent_in(s->agents, task->agent_id))
+			continue;
+		v->refused = 1;
+		v->rule_index = s->rule_index;
+		v->held = s->flags & OKNEK_SLOT_HOLD;
+		return;
+	}
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	for (int i = 0; i < OKNEK_QUOTA_SLOTS; i++) {
+		const struct oknek_quota_slot *q = &policy->quotas[i];
+		if (!(q->flags & OKNEK_SLOT_USED) || !agent_in(q->agents, task->agent_id))
+			continue;
+		struct oknek_quota_key k = {};
+		k.rule_index = q->rule_index;
+		if (q->by != OKNEK_QUOTA_BY_PROVIDER)
+			k.agent_id = task->agent_id;
+		if (q->by == OKNEK_QUOTA_BY_CALLER || q->by == OKNEK_QUOTA_BY_CALLER_PROVIDER) {
+			k.uid = uid;
+			k.exe_dev = task->exe_dev;
+			k.exe_ino = task->exe_ino;
+		}
+		if (q->by == OKNEK_QUOTA_BY_PROVIDER || q->by == OKNEK_QUOTA_BY_CALLER_PROVIDER)
+			k.provider_id = id;
+		__u64 *credit = bpf_map_lookup_elem(&quota_credit, &k);
+		if (!credit) {
+			__u64 full = q->capacity;
+			bpf_map_update_elem(&quota_credit, &k, &full, BPF_NOEXIST);
+			credit = bpf_map_lookup_elem(&quota_credit, &k);
+		}
+		__u64 *used = bpf_map_lookup_elem(&quota_used, &k);
+		if (!used) {
+			__u64 none = 0;
+			bpf_map_update_elem(&quota_used, &k, &none, BPF_NOEXIST);
+			used = bpf_map_lookup_elem(&quota_used, &k);
+		}
+		if (!credit || !used) {
+			/* No room for the bucket: refuse rather than let calls go uncounted. */
+			v->refused = 1;
+			v->rule_index = OKNEK_RULE_QUOTA_FULL;
+			return;
+		}
+		if ((*used + 1) * OKNEK_QUOTA_UNIT > *credit) {
+			v->refused = 1;
+			v->rule_index = q->rule_index;
+			v->held = q->flags & OKNEK_SLOT_HOLD;
+			return;
+		}
+		__sync_fetch_and_add(used, 1);
+	}
+}
+
 static __always_inline void emit_net(__u32 kind, __u32 agent_id, __u32 hook,
 				     const struct oknek_block_slot *slot, __u32 held, __u16 family,
-				     const __u8 *addr, __u16 port, __u64 bytes)
+				     const __u8 *addr, __u16 port, __u64 bytes,
+				     const struct model_verdict *model)
 {
 	struct oknek_event *e = reserve(kind, agent_id);
 	if (!e)
@@ -624,10 +781,14 @@ static __always_inline void emit_net(__u32 kind, __u32 agent_id, __u32 hook,
 	if (slot) {
 		e->hdr.flags = OKNEK_FLAG_BLOCKED | (held ? OKNEK_FLAG_HELD : 0);
 		e->hdr.rule_index = slot->rule_index;
+	} else if (model && model->refused) {
+		e->hdr.flags = OKNEK_FLAG_BLOCKED | (model->held ? OKNEK_FLAG_HELD : 0);
+		e->hdr.rule_index = model->rule_index;
 	} else {
 		e->hdr.flags = OKNEK_FLAG_OBSERVED;
 	}
 	__builtin_memset(&e->net, 0, sizeof(e->net));
+	e->net.provider = model ? model->provider : 0;
 	e->net.family = family;
 	e->net.port = port;
 	e->net.bytes = bytes;
@@ -665,18 +826,30 @@ static __always_inline int read_kernel_sockaddr(const void *sa, __u16 *family, _
 }
 
 static __always_inline int lsm_net(__u32 kind, __u16 family, const __u8 *addr, __u16 port,
-				   __u64 bytes, __u32 agent_id)
+				   __u64 bytes, const struct oknek_task *task)
 {
+	__u32 agent_id = task->agent_id;
 	const struct oknek_block_slot *slot = net_block(family, addr, port, kind, agent_id);
 	if (!slot) {
-		if (kind == OKNEK_KIND_CONNECT && net_observer_is(OKNEK_HOOK_LSM))
-			emit_net(kind, agent_id, OKNEK_HOOK_LSM, 0, 0, family, addr, port, bytes);
+		struct model_verdict model = {};
+		if (kind == OKNEK_KIND_CONNECT && model_hook_is(OKNEK_HOOK_LSM))
+			model_check(task, family, addr, port, &model);
+		if (model.refused) {
+			if (model.held)
+				bpf_send_signal(SIGSTOP);
+			emit_net(kind, agent_id, OKNEK_HOOK_LSM, 0, 0, family, addr, port, bytes,
+				 &model);
+			return -EPERM;
+		}
+		if (kind == OKNEK_KIND_CONNECT && (model.provider || net_observer_is(OKNEK_HOOK_LSM)))
+			emit_net(kind, agent_id, OKNEK_HOOK_LSM, 0, 0, family, addr, port, bytes,
+				 &model);
 		return 0;
 	}
 	__u32 held = slot->flags & OKNEK_SLOT_HOLD;
 	if (held)
 		bpf_send_signal(SIGSTOP);
-	emit_net(kind, agent_id, OKNEK_HOOK_LSM, slot, held, family, addr, port, bytes);
+	emit_net(kind, agent_id, OKNEK_HOOK_LSM, slot, held, family, addr, port, bytes, 0);
 	return -EPERM;
 }
 
@@ -685,15 +858,14 @@ int BPF_PROG(enforce_connect, struct socket *sock, struct sockaddr *address, int
 {
 	if (ret)
 		return ret;
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	__u32 agent_id = *agent;
 	__u16 family = 0, port = 0;
 	__u8 addr[16] = {};
 	if (addrlen < 8 || read_kernel_sockaddr(address, &family, addr, &port) < 0)
 		return 0;
-	return lsm_net(OKNEK_KIND_CONNECT, family, addr, port, 0, agent_id);
+	return lsm_net(OKNEK_KIND_CONNECT, family, addr, port, 0, agent);
 }
 
 SEC("lsm/socket_sendmsg")
@@ -701,10 +873,9 @@ int BPF_PROG(enforce_sendmsg, struct socket *sock, struct msghdr *msg, int size,
 {
 	if (ret)
 		return ret;
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 0;
-	__u32 agent_id = *agent;
 	__u16 family = 0, port = 0;
 	__u8 addr[16] = {};
 	void *name = BPF_CORE_READ(msg, msg_name);
@@ -728,17 +899,17 @@ int BPF_PROG(enforce_sendmsg, struct socket *sock, struct msghdr *msg, int size,
 		if (port == 0)
 			return 0;
 	}
-	return lsm_net(OKNEK_KIND_SEND, family, addr, port, size > 0 ? size : 0, agent_id);
+	return lsm_net(OKNEK_KIND_SEND, family, addr, port, size > 0 ? size : 0, agent);
 }
 
 /* ---- enforcement: cgroup sock_addr (network only, where BPF LSM is unavailable) ----------- */
 
 static __always_inline int cgroup_net(struct bpf_sock_addr *ctx, __u32 kind, __u16 family)
 {
-	__u32 *agent = current_agent();
+	struct oknek_task *agent = current_agent();
 	if (!agent)
 		return 1;
-	__u32 agent_id = *agent;
+	__u32 agent_id = agent->agent_id;
 	__u8 addr[16] = {};
 	__u16 port = __builtin_bswap16((__u16)ctx->user_port);
 	if (family == AF_INET) {
@@ -753,20 +924,28 @@ static __always_inline int cgroup_net(struct bpf_sock_addr *ctx, __u32 kind, __u
 		__builtin_memcpy(addr, ip6, 16);
 	}
 	const struct oknek_block_slot *slot = net_block(family, addr, port, kind, agent_id);
+	struct model_verdict model = {};
 	if (!slot) {
-		if (kind == OKNEK_KIND_CONNECT && net_observer_is(OKNEK_HOOK_CGROUP))
-			emit_net(kind, agent_id, OKNEK_HOOK_CGROUP, 0, 0, family, addr, port, 0);
-		return 1;
+		if (kind == OKNEK_KIND_CONNECT && model_hook_is(OKNEK_HOOK_CGROUP))
+			model_check(agent, family, addr, port, &model);
+		if (!model.refused) {
+			if (kind == OKNEK_KIND_CONNECT &&
+			    (model.provider || net_observer_is(OKNEK_HOOK_CGROUP)))
+				emit_net(kind, agent_id, OKNEK_HOOK_CGROUP, 0, 0, family, addr, port,
+					 0, &model);
+			return 1;
+		}
 	}
-	__u32 held = slot->flags & OKNEK_SLOT_HOLD;
+	__u32 held = slot ? slot->flags & OKNEK_SLOT_HOLD : model.held;
 	if (held) {
 		/* Signals cannot be sent from here; the sys_exit programs below stop the thread
 		 * before the syscall returns to userspace. */
 		__u32 pid = (__u32)bpf_get_current_pid_tgid();
-		__u32 rule_index = slot->rule_index;
+		__u32 rule_index = slot ? slot->rule_index : model.rule_index;
 		bpf_map_update_elem(&hold_pending, &pid, &rule_index, BPF_ANY);
 	}
-	emit_net(kind, agent_id, OKNEK_HOOK_CGROUP, slot, held, family, addr, port, 0);
+	emit_net(kind, agent_id, OKNEK_HOOK_CGROUP, slot, held, family, addr, port, 0,
+		 slot ? 0 : &model);
 	return 0;
 }
 

@@ -15,6 +15,7 @@
 #define OKNEK_KIND_CONNECT 2
 #define OKNEK_KIND_SEND 3
 #define OKNEK_KIND_WATCH 4
+#define OKNEK_KIND_MODEL_CALL 5
 
 /* Header flags. */
 #define OKNEK_FLAG_BLOCKED 1u
@@ -66,7 +67,7 @@ struct oknek_net {
 	__u64 bytes;
 	__u16 family; /* AF_INET, AF_INET6; 0 when no destination is known */
 	__u16 port;   /* host byte order */
-	__u32 _pad;
+	__u32 provider; /* connect: model provider id + 1 when the destination is one, else 0 */
 	__u8 addr[16]; /* network byte order; IPv4 in the first 4 bytes */
 };
 
@@ -85,6 +86,14 @@ struct oknek_event {
 		struct oknek_net net;
 		struct oknek_watch watch;
 	};
+};
+
+/* agent_tasks value: a tracked process, its agent and the executable it runs (the caller
+ * identity model-call quotas are kept by). */
+struct oknek_task {
+	__u32 agent_id;
+	__u32 exe_dev;
+	__u64 exe_ino;
 };
 
 /* Map keys and values written by userspace. */
@@ -118,6 +127,62 @@ struct oknek_net_key {
 	__u8 addr[16];
 };
 
+/* Model providers: a connect to one of their addresses is a model call. */
+#define OKNEK_MAX_PROVIDERS 256
+#define OKNEK_QUOTA_SLOTS 4
+#define OKNEK_PROVIDER_GATEWAY_ONLY 1u
+/* rule_index of a refusal because the provider is reachable through the gateway only. */
+#define OKNEK_RULE_GATEWAY_ONLY 0xffffff01u
+/* rule_index of a refusal because a quota bucket could not be created (map full). */
+#define OKNEK_RULE_QUOTA_FULL 0xffffff02u
+
+/* Quota bucket keys: whose calls share a bucket (same numbering as oknek_engine::QuotaBy). */
+#define OKNEK_QUOTA_BY_CALLER 0
+#define OKNEK_QUOTA_BY_PROVIDER 1
+#define OKNEK_QUOTA_BY_CALLER_PROVIDER 2
+#define OKNEK_QUOTA_BY_AGENT 3
+
+/* One call is worth this many credit units, so refills can add fractions of a call. */
+#define OKNEK_QUOTA_UNIT 1000000ull
+
+struct oknek_provider_key {
+	__u16 family;
+	__u16 port; /* host byte order */
+	__u32 _pad;
+	__u8 addr[16];
+};
+
+struct oknek_provider {
+	__u32 id; /* index into model_policy */
+	__u32 flags;
+};
+
+struct oknek_quota_slot {
+	__u64 agents; /* as in oknek_block_slot */
+	__u64 capacity; /* limit × OKNEK_QUOTA_UNIT: a new bucket's credit */
+	__u32 rule_index;
+	__u8 flags; /* OKNEK_SLOT_USED | OKNEK_SLOT_HOLD */
+	__u8 by;
+	__u16 _pad;
+};
+
+struct oknek_model_policy {
+	struct oknek_block_slot refuse[OKNEK_SLOTS]; /* kinds unused */
+	struct oknek_quota_slot quotas[OKNEK_QUOTA_SLOTS];
+};
+
+/* A bucket: the kernel counts calls in quota_used, userspace refills credit in quota_credit;
+ * a call passes while (used + 1) × UNIT <= credit. Neither side writes the other's map. */
+struct oknek_quota_key {
+	__u32 rule_index;
+	__u32 agent_id;
+	__u32 uid;
+	__u32 provider_id;
+	__u64 exe_ino;
+	__u32 exe_dev;
+	__u32 _pad;
+};
+
 struct oknek_settings {
 	__u32 observe;
 	__u32 net_observer; /* OKNEK_HOOK_LSM or OKNEK_HOOK_CGROUP: who reports observed connects */
@@ -149,6 +214,13 @@ _Static_assert(__builtin_offsetof(struct oknek_block_slot, port_lo) == 16, "slot
 _Static_assert(sizeof(struct oknek_block_value) == 128, "block value size");
 _Static_assert(sizeof(struct oknek_net_key) == 24, "net key size");
 _Static_assert(sizeof(struct oknek_settings) == 8, "settings size");
+_Static_assert(sizeof(struct oknek_task) == 16, "task size");
+_Static_assert(sizeof(struct oknek_provider_key) == 24, "provider key size");
+_Static_assert(sizeof(struct oknek_provider) == 8, "provider size");
+_Static_assert(sizeof(struct oknek_quota_slot) == 24, "quota slot size");
+_Static_assert(sizeof(struct oknek_model_policy) == 224, "model policy size");
+_Static_assert(__builtin_offsetof(struct oknek_model_policy, quotas) == 128, "quotas offset");
+_Static_assert(sizeof(struct oknek_quota_key) == 32, "quota key size");
 _Static_assert(sizeof(struct oknek_meta) == 40, "meta size");
 
 #endif
