@@ -235,7 +235,27 @@ impl Judge {
         if verdict == Verdict::Block {
             return verdict;
         }
-        verdict.max(self.judge_model_connect(event, true, None))
+        verdict
+            .max(self.judge_model_connect(event, true, None))
+            .max(self.judge_weights(event, true))
+    }
+
+    /// Judges the open of a weights file as the `model_call` it is (R6.weights); `Allow` for
+    /// other events. Recorded like every model call, an allow bundle when no rule fired.
+    fn judge_weights(&mut self, open: &Event, enforced: bool) -> Verdict {
+        let Some(call) = ModelCalls::weights_call(open) else {
+            return Verdict::Allow;
+        };
+        let (verdict, fired) = self.decide_full(&call, enforced);
+        if fired.is_empty() {
+            self.record_synthetic(
+                &call,
+                MODEL_CALL_RULE,
+                Verdict::Allow,
+                "no rule fired: the weights may be loaded",
+            );
+        }
+        verdict
     }
 
     /// Judges the model call a connect to a provider is; `Allow` for other events. The
@@ -319,7 +339,11 @@ impl Judge {
         // A connect the kernel's enforcing hook saw has had its model-call policy applied.
         let kernel =
             matches!(event.source, Mechanism::BpfLsm | Mechanism::CgroupSockAddr).then_some(None);
-        Some(verdict.max(self.judge_model_connect(event, false, kernel)))
+        Some(
+            verdict
+                .max(self.judge_model_connect(event, false, kernel))
+                .max(self.judge_weights(event, false)),
+        )
     }
 
     /// Records an event the kernel refused by `rule_id`. The event is judged again so every

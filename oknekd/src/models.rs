@@ -25,6 +25,14 @@ pub const GATEWAY_ONLY_RULE: &str = "oknek.gateway_only";
 /// Rule id of the refusal of a model call whose quota bucket could not be created.
 pub const QUOTA_FULL_RULE: &str = "oknek.quota_full";
 
+/// The provider name of weight files opened by local inference servers (reserved in
+/// `providers:`).
+pub const LOCAL_WEIGHTS_PROVIDER: &str = "local";
+
+/// File names that are model weights: GGUF (llama.cpp, Ollama), safetensors, PyTorch and ONNX
+/// checkpoints.
+const WEIGHTS_SUFFIXES: [&str; 6] = [".gguf", ".safetensors", ".pt", ".pth", ".onnx", ".ggml"];
+
 pub struct ModelCalls {
     providers: Providers,
     /// A `gateway:` section is configured: cloud providers are reached through it only.
@@ -132,6 +140,29 @@ impl ModelCalls {
         self.resolver.next_deadline()
     }
 
+    /// The `model_call` an open of a weights file is: provider `local`, the file as
+    /// `weights` and its name as the model (the file is the model).
+    pub fn weights_call(event: &Event) -> Option<Event> {
+        let Action::Open { path, .. } = &event.action else {
+            return None;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let lower = name.to_ascii_lowercase();
+        if !WEIGHTS_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
+            return None;
+        }
+        Some(Event {
+            action: Action::ModelCall {
+                provider: LOCAL_WEIGHTS_PROVIDER.to_owned(),
+                model: Some(name.to_owned()),
+                api: None,
+                dest: None,
+                weights: Some(path.clone()),
+            },
+            ..event.clone()
+        })
+    }
+
     /// The provider a connect goes to, if it is one.
     pub fn provider_of(&self, event: &Event) -> Option<&Provider> {
         let Action::Connect { dest } = &event.action else {
@@ -160,5 +191,46 @@ impl ModelCalls {
             ..event.clone()
         };
         Some((call, provider.gateway_only(self.gateway)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oknek_event::{Mechanism, Process, Timestamp};
+
+    fn open(path: &str) -> Event {
+        Event {
+            time: Timestamp::from_secs(1),
+            source: Mechanism::Preload,
+            process: Process::default(),
+            action: Action::Open {
+                path: path.to_owned(),
+                flags: 0,
+                mode: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn opening_weights_is_a_model_call_of_the_local_provider() {
+        let call = ModelCalls::weights_call(&open("/srv/models/Llama-3-8B.Q4_K_M.GGUF")).unwrap();
+        let Action::ModelCall {
+            provider,
+            model,
+            weights,
+            ..
+        } = &call.action
+        else {
+            panic!("{call:?}");
+        };
+        assert_eq!(provider, "local");
+        assert_eq!(model.as_deref(), Some("Llama-3-8B.Q4_K_M.GGUF"));
+        assert_eq!(
+            weights.as_deref(),
+            Some("/srv/models/Llama-3-8B.Q4_K_M.GGUF")
+        );
+        assert!(ModelCalls::weights_call(&open("/home/a/notes.txt")).is_none());
+        assert!(ModelCalls::weights_call(&open("/home/a/gguf")).is_none());
     }
 }

@@ -1,5 +1,5 @@
-//! The open() cost and ring-buffer throughput measurements behind `cargo bench --bench
-//! open_cost` and the `oknek-bpf-bench` binary (which the VM tests run where BPF LSM is active).
+//! The open() and connect() cost and ring-buffer throughput measurements behind `cargo bench
+//! --bench open_cost` and the `oknek-bpf-bench` binary (which the VM tests run where BPF LSM is active).
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader};
@@ -147,6 +147,117 @@ pub fn run(opts: &BenchOptions) -> Result<(), String> {
     result
 }
 
+/// A loopback listener that accepts and drops connections until the process exits.
+fn sink() -> Result<std::net::SocketAddr, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    Ok(addr)
+}
+
+/// Per-call nanoseconds of socket()+connect()+close() to `addr` over TCP: (median, 10th
+/// percentile) over batches. Closing with SO_LINGER 0 resets the connection, so no TIME_WAIT
+/// piles up and exhausts the ephemeral ports.
+fn connect_ns(
+    addr: std::net::SocketAddr,
+    batches: usize,
+    batch: usize,
+    mut between: impl FnMut(),
+) -> (f64, f64) {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return (0.0, 0.0);
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let mut samples = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let start = Instant::now();
+        for _ in 0..batch {
+            // SAFETY: plain socket calls on a descriptor this loop owns and closes.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    continue;
+                }
+                libc::connect(
+                    fd,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+                libc::close(fd);
+            }
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / batch as f64);
+        between();
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], samples[samples.len() / 10])
+}
+
+/// connect() cost for an agent: to an address that is no provider, and a model call to a
+/// provider metered by a quota (so the bucket lookups and the event are in the figure).
+fn connect_cost(
+    probes: &mut Probes,
+    opts: &BenchOptions,
+    provider: std::net::SocketAddr,
+    other: std::net::SocketAddr,
+    base: (f64, f64),
+) -> Result<(), String> {
+    let (batches, batch) = (opts.batches / 3, 50);
+    probes
+        .set_models(
+            &[crate::ProviderEntry {
+                addr: provider.ip(),
+                port: provider.port(),
+                provider_id: 0,
+                gateway_only: false,
+            }],
+            &[crate::ModelRule {
+                rule_index: 2,
+                agents: 0,
+                hold: false,
+                providers: vec![0],
+                quota: Some((u64::from(u32::MAX), crate::QuotaBy::Caller)),
+            }],
+        )
+        .map_err(|e| e.to_string())?;
+    let me = std::process::id();
+    probes.track_task(me, 0).map_err(|e| e.to_string())?;
+    let mut drained = 0usize;
+    let plain = connect_ns(other, batches, batch, || drained += probes.drain(|_| {}));
+    report("(g) agent connect, not a provider", plain, base);
+    let model = connect_ns(provider, batches, batch, || drained += probes.drain(|_| {}));
+    report("(h) agent model call, quota metered", model, base);
+    probes.untrack_task(me).map_err(|e| e.to_string())?;
+    drained += probes.drain(|_| {});
+    println!(
+        "    added per model call: median {:.1} us (goal <= 20 us); events drained: {drained}",
+        (model.0 - base.0) / 1000.0
+    );
+    Ok(())
+}
+
 fn measure(opts: &BenchOptions, path: &CString) -> Result<(), String> {
     let lsm = opts
         .lsm
@@ -162,6 +273,9 @@ fn measure(opts: &BenchOptions, path: &CString) -> Result<(), String> {
     );
     let base = open_close_ns(path, opts, || {});
     report("(a) no probes", base, base);
+    let provider = sink()?;
+    let other = sink()?;
+    let connect_base = connect_ns(provider, opts.batches / 3, 50, || {});
 
     let bpftrace = match Bpftrace::start() {
         Ok(probe) => {
@@ -224,6 +338,13 @@ fn measure(opts: &BenchOptions, path: &CString) -> Result<(), String> {
         "    events drained during (c)/(d): {drained}; lost: {}",
         probes.lost_events()
     );
+
+    println!(
+        "socket()+connect()+close() over loopback TCP, median of {} batches x 50 calls",
+        opts.batches / 3
+    );
+    report("(f) no probes", connect_base, connect_base);
+    connect_cost(&mut probes, opts, provider, other, connect_base)?;
 
     throughput(&mut probes, opts.throughput_secs)?;
     Ok(())
