@@ -247,6 +247,40 @@ impl EbpfTier {
         Ok(())
     }
 
+    /// A rule's coverage entry and its agents as a kernel mask (0: every agent), or, when the
+    /// kernel cannot hold it (userspace-only, or scoped to agents beyond the mask), just its
+    /// coverage entry saying why.
+    fn kernel_scope(
+        &mut self,
+        id: &str,
+        enforceability: &Enforceability,
+        agents: Option<&[String]>,
+    ) -> Result<(RuleCoverage, u64), RuleCoverage> {
+        let mut cov = RuleCoverage {
+            rule: id.to_owned(),
+            entries: 0,
+            userspace: Vec::new(),
+        };
+        if let Enforceability::Userspace { reasons } = enforceability {
+            cov.userspace.extend(reasons.iter().cloned());
+            return Err(cov);
+        }
+        let Some(names) = agents else {
+            return Ok((cov, 0));
+        };
+        let mut mask = 0u64;
+        for name in names {
+            let id = self.ids.agent(name) as usize;
+            if id < MAX_SCOPED_AGENTS {
+                mask |= 1 << id;
+            } else {
+                cov.userspace
+                    .push(format!("agent {name}: more than 64 agents in the kernel"));
+            }
+        }
+        if mask == 0 { Err(cov) } else { Ok((cov, mask)) }
+    }
+
     /// Compiles the plan's block rules into the kernel maps; what the kernel cannot hold is
     /// listed in `coverage` for `oknek doctor`.
     pub fn set_rules(&mut self, plan: &KernelPlan) -> Result<(), EbpfError> {
@@ -254,32 +288,14 @@ impl EbpfTier {
         let mut coverage = Vec::new();
         let mut protected = HashMap::new();
         for rule in &plan.rules {
-            let mut cov = RuleCoverage {
-                rule: rule.id.clone(),
-                entries: 0,
-                userspace: Vec::new(),
-            };
-            if let Enforceability::Userspace { reasons } = &rule.enforceability {
-                cov.userspace.extend(reasons.iter().cloned());
-                coverage.push(cov);
-                continue;
-            }
-            let mut agents = 0u64;
-            if let Some(names) = &rule.agents {
-                for name in names {
-                    let id = self.ids.agent(name) as usize;
-                    if id < MAX_SCOPED_AGENTS {
-                        agents |= 1 << id;
-                    } else {
-                        cov.userspace
-                            .push(format!("agent {name}: more than 64 agents in the kernel"));
+            let (mut cov, agents) =
+                match self.kernel_scope(&rule.id, &rule.enforceability, rule.agents.as_deref()) {
+                    Ok(scope) => scope,
+                    Err(cov) => {
+                        coverage.push(cov);
+                        continue;
                     }
-                }
-                if agents == 0 {
-                    coverage.push(cov);
-                    continue;
-                }
-            }
+                };
             let rule_index = self.ids.rule(&rule.id);
             let mut block = BlockRule {
                 rule_index,
@@ -411,32 +427,14 @@ impl EbpfTier {
         let mut rates = BTreeMap::new();
         let mut metered = HashSet::new();
         for rule in plan {
-            let mut cov = RuleCoverage {
-                rule: rule.id.clone(),
-                entries: 0,
-                userspace: Vec::new(),
-            };
-            if let Enforceability::Userspace { reasons } = &rule.enforceability {
-                cov.userspace.extend(reasons.iter().cloned());
-                self.coverage.push(cov);
-                continue;
-            }
-            let mut agents = 0u64;
-            if let Some(names) = &rule.agents {
-                for name in names {
-                    let id = self.ids.agent(name) as usize;
-                    if id < MAX_SCOPED_AGENTS {
-                        agents |= 1 << id;
-                    } else {
-                        cov.userspace
-                            .push(format!("agent {name}: more than 64 agents in the kernel"));
+            let (mut cov, agents) =
+                match self.kernel_scope(&rule.id, &rule.enforceability, rule.agents.as_deref()) {
+                    Ok(scope) => scope,
+                    Err(cov) => {
+                        self.coverage.push(cov);
+                        continue;
                     }
-                }
-                if agents == 0 {
-                    self.coverage.push(cov);
-                    continue;
-                }
-            }
+                };
             let rule_index = self.ids.rule(&rule.id);
             let providers: Vec<u32> = rule
                 .providers
