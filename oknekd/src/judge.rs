@@ -240,6 +240,38 @@ impl Judge {
             .max(self.judge_weights(event, true))
     }
 
+    /// Judges a plaintext request to a model server, once its model is known, before the write
+    /// that completes it is let through. `send` is the write (a send or connect event of the
+    /// agent, its destination the provider). The call's quota was taken when it connected, so
+    /// quotas are not charged again here; everything else about the model is judged. `Allow`
+    /// when the destination is no provider.
+    pub fn decide_plaintext_model(&mut self, send: &Event, model: &str) -> Verdict {
+        let connect = match &send.action {
+            Action::Send { dest, .. } | Action::Connect { dest } => Event {
+                action: Action::Connect { dest: dest.clone() },
+                ..send.clone()
+            },
+            _ => return Verdict::Allow,
+        };
+        let Some((mut call, _)) = self.models.model_call(&connect) else {
+            return Verdict::Allow;
+        };
+        if let Action::ModelCall { model: m, .. } = &mut call.action {
+            *m = Some(model.to_owned());
+        }
+        let already_counted = |_: &str| Some(None);
+        let (verdict, fired) = self.decide_full_with(&call, true, Some(&already_counted));
+        if fired.is_empty() {
+            self.record_synthetic(
+                &call,
+                MODEL_CALL_RULE,
+                Verdict::Allow,
+                "no rule fired: the request is allowed",
+            );
+        }
+        verdict
+    }
+
     /// Judges the open of a weights file as the `model_call` it is (R6.weights); `Allow` for
     /// other events. Recorded like every model call, an allow bundle when no rule fired.
     fn judge_weights(&mut self, open: &Event, enforced: bool) -> Verdict {

@@ -16,6 +16,7 @@ pub mod judge;
 pub mod kernel;
 pub mod log;
 pub mod models;
+pub mod plaintext;
 pub mod plan;
 pub mod procinfo;
 pub mod providers;
