@@ -37,6 +37,7 @@ const HOOK: Token = Token(4);
 const FANOTIFY: Token = Token(5);
 const EBPF: Token = Token(6);
 const RESOLVER: Token = Token(7);
+const WEIGHTS: Token = Token(8);
 /// Tokens from here on are connections and tiers, allocated as they come.
 const FIRST_DYNAMIC: usize = 16;
 
@@ -218,6 +219,14 @@ impl Daemon {
         })
         .and_then(|mut daemon| {
             daemon.start_resolver();
+            let waker = std::sync::Arc::new(
+                mio::Waker::new(daemon.poll.registry(), WEIGHTS).map_err(io_err("eventfd"))?,
+            );
+            daemon.judge.weights = Some(crate::weights::WeightsHasher::start(std::sync::Arc::new(
+                move || {
+                    let _ = waker.wake();
+                },
+            )));
             daemon.start_ebpf()?;
             daemon.start_fanotify()?;
             daemon.arm_tiers();
@@ -542,6 +551,17 @@ impl Daemon {
             HOOK => self.accept_hooks(),
             FANOTIFY => self.serve_fanotify(),
             EBPF => self.serve_ebpf(),
+            WEIGHTS => {
+                let finished = self
+                    .judge
+                    .weights
+                    .as_mut()
+                    .map(|w| w.finished())
+                    .unwrap_or_default();
+                for hashed in &finished {
+                    self.judge.record_weights_hash(hashed);
+                }
+            }
             RESOLVER => {
                 if self.judge.models.on_readable(Instant::now()) {
                     info!(

@@ -23,6 +23,7 @@ use crate::control::{self, Request, Response};
 use crate::hook::Received;
 use crate::kernel::{self, KernelFacts};
 use crate::models::{GATEWAY_ONLY_RULE, ModelCalls, QUOTA_FULL_RULE};
+use crate::weights::{Hashed, WEIGHTS_HASH_RULE, WeightsHasher};
 use crate::{notice, procinfo, warn};
 
 /// Rule id of bundles written for processes of a quarantined agent.
@@ -106,6 +107,8 @@ pub struct Judge {
     fixed_clock: Option<Timestamp>,
     /// Model providers: which connects are model calls.
     pub models: ModelCalls,
+    /// Hashes weights files agents open, off the decision path (the daemon starts it).
+    pub weights: Option<WeightsHasher>,
 }
 
 fn load_rules(dir: &Path) -> Result<RuleSet, JudgeError> {
@@ -164,6 +167,7 @@ impl Judge {
             never_open: HashSet::new(),
             recent: HashMap::new(),
             models: ModelCalls::new(config),
+            weights: None,
             fixed_clock: std::env::var("OKNEK_TEST_CLOCK")
                 .ok()
                 .and_then(|v| v.trim().parse::<i64>().ok())
@@ -287,7 +291,37 @@ impl Judge {
                 "no rule fired: the weights may be loaded",
             );
         }
+        // Loaded weights are named by content too, once hashed (see weights.rs).
+        if (verdict != Verdict::Block || !enforced)
+            && let (Some(hasher), Action::Open { path, .. }) = (&mut self.weights, &open.action)
+        {
+            hasher.request(&call, path);
+        }
         verdict
+    }
+
+    /// Records the content hash of a weights file an agent opened.
+    pub fn record_weights_hash(&mut self, hashed: &Hashed) {
+        let mut extra = serde_json::Map::new();
+        extra.insert("path".to_owned(), hashed.path.display().to_string().into());
+        extra.insert("size".to_owned(), hashed.size.into());
+        let title = match &hashed.sha256 {
+            Ok(hex) => {
+                extra.insert("sha256".to_owned(), hex.clone().into());
+                "weights file hashed: the model is this content"
+            }
+            Err(why) => {
+                extra.insert("error".to_owned(), why.clone().into());
+                "weights file could not be hashed"
+            }
+        };
+        self.record_outside_rules(
+            &hashed.event,
+            WEIGHTS_HASH_RULE,
+            title,
+            Verdict::Allow,
+            &extra,
+        );
     }
 
     /// Judges the model call a connect to a provider is; `Allow` for other events. The

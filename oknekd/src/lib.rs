@@ -22,3 +22,4 @@ pub mod procinfo;
 pub mod providers;
 pub mod sys;
 pub mod tiers;
+pub mod weights;

@@ -80,5 +80,25 @@ fn weights_outside_the_approved_store_are_refused_and_recorded() {
         weights_of("T.weights", "block"),
         [unvetted.display().to_string()]
     );
+    // The loaded file is named by content too, hashed in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hashed = loop {
+        let events = d.events();
+        let found: Vec<serde_json::Value> = bundles(&events, "oknek.weights_hash", "allow")
+            .into_iter()
+            .cloned()
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(hashed.len(), 1, "one hash for the loaded file: {hashed:?}");
+    let extra = &hashed[0]["bundle"]["extra"];
+    assert_eq!(extra["path"], approved.display().to_string());
+    assert_eq!(
+        extra["sha256"], "8a46a62632e21d0c832005a28cb86dfd5921227920a84939ba90bf55f9f3b737",
+        "sha256 of the file: {extra}"
+    );
     d.assert_verifies();
 }
