@@ -389,3 +389,142 @@ fn model_calls_at_connect_are_metered_and_refused_in_the_kernel() {
     );
     d.assert_verifies();
 }
+
+/// A nameserver on `ip`:53 answering A queries for every name with the address in `answer`
+/// (TTL 1 s, which the daemon keeps for its 5 s minimum) and AAAA queries with no records.
+fn fake_nameserver(
+    ip: std::net::Ipv4Addr,
+    answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let socket = UdpSocket::bind((ip, 53)).expect("binding a test nameserver on port 53");
+    let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = queries.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let query = &buf[..n];
+            // Header (12 bytes), then the question: name labels, a zero byte, type, class.
+            let Some(name_end) = query[12..].iter().position(|&b| b == 0).map(|p| 12 + p + 1)
+            else {
+                continue;
+            };
+            let question = &query[12..name_end + 4];
+            let qtype = u16::from_be_bytes([query[name_end], query[name_end + 1]]);
+            let a = qtype == 1;
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&query[..2]); // id
+            reply.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+            reply.extend_from_slice(question);
+            if a {
+                let addr = *answer.lock().unwrap();
+                reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                reply.extend_from_slice(&addr.octets());
+            }
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    queries
+}
+
+/// A listener on `ip` with a port also free on the other loopback address used.
+fn listener_on(ip: &str, port: u16) -> TcpListener {
+    let l = TcpListener::bind((ip, port)).unwrap();
+    let dup = l.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in dup.incoming().flatten() {
+            let _ = conn.read(&mut [0u8; 1]);
+        }
+    });
+    l
+}
+
+fn connect_to(uid: u32, ip: &str, port: u16) -> Output {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && echo connected");
+    let mut cmd = if uid == 0 {
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        c
+    } else {
+        as_user(uid, uid, "bash", &[os("-c"), os(&script)])
+    };
+    run(&mut cmd, CHILD_TIMEOUT)
+}
+
+#[test]
+fn provider_addresses_follow_dns_answers_without_nss() {
+    if !root_or_skip() {
+        return;
+    }
+    let _serial = serial();
+    let pins = Pins::new("dns");
+    // One port free on both loopback addresses the name will point at in turn.
+    let first = listener();
+    let _a = listener_on("127.0.0.2", first);
+    let _b = listener_on("127.0.0.3", first);
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(127, 0, 0, 2)));
+    let nameserver = std::net::Ipv4Addr::new(127, 0, 0, 77); // not 127.0.0.53: systemd-resolved
+    let queries = fake_nameserver(nameserver, answer.clone());
+    let fixtures = scratch("ebpf-dns", false);
+    let hosts = fixtures.path().join("hosts");
+    let resolv = fixtures.path().join("resolv.conf");
+    std::fs::write(&hosts, "# the name is not here: it is asked of DNS\n").unwrap();
+    std::fs::write(
+        &resolv,
+        format!("nameserver {nameserver}\noptions timeout:1\n"),
+    )
+    .unwrap();
+    let config = format!(
+        "{}providers:\n\
+         \x20 - {{ name: openai, kind: cloud, api: openai, endpoints: [\"api.dns.test:{first}\"] }}\n\
+         gateway: {{ listen: [/run/oknek-test-gateway.sock], hosts_file: {}, resolv_conf: {} }}\n",
+        ebpf_config(&pins),
+        hosts.display(),
+        resolv.display()
+    );
+    let rules = only_rules("oknek_rules: 1\nrules: []\n");
+    let mut d = Daemon::start(rules.path(), &config);
+    d.assert_serving(Duration::from_secs(5));
+
+    // The daemon asked the nameserver itself (no NSS) and loaded the answer into the kernel.
+    let until = Instant::now() + Duration::from_secs(10);
+    while connect_to(AGENT_UID, "127.0.0.2", first).status.success() {
+        assert!(
+            Instant::now() < until,
+            "127.0.0.2 never became the provider:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(queries.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_connect_refused(
+        "agent to the provider's address",
+        &connect_to(AGENT_UID, "127.0.0.2", first),
+    );
+    assert_connected(
+        "agent elsewhere",
+        &connect_to(AGENT_UID, "127.0.0.3", first),
+    );
+
+    // The provider moves; once the answer expires, the kernel follows.
+    *answer.lock().unwrap() = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let until = Instant::now() + Duration::from_secs(20);
+    while connect_to(AGENT_UID, "127.0.0.3", first).status.success() {
+        assert!(
+            Instant::now() < until,
+            "the new address was never loaded:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_connect_refused(
+        "agent to the new address",
+        &connect_to(AGENT_UID, "127.0.0.3", first),
+    );
+    assert_connected(
+        "agent to the old address",
+        &connect_to(AGENT_UID, "127.0.0.2", first),
+    );
+    wait_for(&d, "oknek.gateway_only", "block", 2);
+    d.assert_verifies();
+}
