@@ -113,10 +113,24 @@ let
   resolvedUids =
     agent: agent.uids ++ filter (uid: uid != null) (map userUid agent.users);
 
+  # services.oknek.providers as the daemon's `providers:` list (by name, in name order).
+  providerEntries = lib.mapAttrsToList (
+    name: provider:
+    {
+      inherit name;
+      inherit (provider) kind api endpoints;
+    }
+    // optionalAttrs (provider.tls != null) { inherit (provider) tls; }
+    // optionalAttrs (provider.viaGateway != null) { via_gateway = provider.viaGateway; }
+  ) cfg.providers;
+
   effectiveSettings = withoutNulls (
     cfg.settings
     // {
       agents = cfg.settings.agents ++ agentEntries;
+    }
+    // optionalAttrs (providerEntries != [ ]) {
+      providers = (cfg.settings.providers or [ ]) ++ providerEntries;
     }
   );
 
@@ -301,14 +315,10 @@ let
         { option, set }:
         {
           assertion = !set;
-          message = "services.oknek.${option} is not supported by this oknek version; model-call policy lands with the gateway. Until then, model calls are judged by the R6 rules (rules/60-r6-models.yaml) and the lists they use.";
+          message = "services.oknek.${option} is not supported by this oknek version. Model-call policy is the rule language's: the R6 rules (rules/60-r6-models.yaml), the lists they use, and rules of your own in services.oknek.rules.";
         }
       )
       [
-        {
-          option = "providers";
-          set = cfg.providers != { };
-        }
         {
           option = "modelPolicy";
           set = cfg.modelPolicy != { };
@@ -675,13 +685,29 @@ in
                 "127.0.0.1:11434"
                 "unix:/run/ollama/ollama.sock"
               ];
-              description = "`host:port` or `unix:PATH` of the provider.";
+              description = "Where the provider listens: `host:port` or `address:port` for cloud providers, `address:port` or `unix:PATH` for local ones.";
+            };
+            tls = mkOption {
+              type = types.nullOr types.bool;
+              default = null;
+              description = "Whether calls use TLS; default (null): cloud yes, local no.";
+            };
+            viaGateway = mkOption {
+              type = types.nullOr types.bool;
+              default = null;
+              description = "Whether agents reach this provider through the model gateway only (their direct connects refused in the kernel); default (null): cloud providers yes when `settings.gateway` is set, local ones no.";
             };
           };
         }
       );
       default = { };
-      description = "Model providers, by name. Not supported by this oknek version (an assertion says so when set); model calls are judged by the R6 rules.";
+      example = literalExpression ''
+        {
+          openai = { kind = "cloud"; api = "openai"; endpoints = [ "api.openai.com:443" ]; };
+          ollama = { kind = "local"; api = "ollama"; endpoints = [ "127.0.0.1:11434" ]; };
+        }
+      '';
+      description = "Model providers, by name: a connect of an agent to one of their addresses is a `model_call`, judged by the R6 rules and yours (docs/model-calls.md). Rendered into the daemon's `providers:`; the gateway's own settings go in `settings.gateway`.";
     };
 
     modelPolicy = mkOption {

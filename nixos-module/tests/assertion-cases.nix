@@ -131,16 +131,6 @@ in
     expect = "is not a usable rule file name";
     config = enabled { rules.".hidden".text = "oknek_rules: 1\nrules: []\n"; };
   };
-  providers-unsupported = {
-    expect = "services.oknek.providers is not supported by this oknek version; model-call policy lands with the gateway";
-    config = enabled {
-      providers.ollama = {
-        kind = "local";
-        api = "ollama";
-        endpoints = [ "127.0.0.1:11434" ];
-      };
-    };
-  };
   model-policy-unsupported = {
     expect = "services.oknek.modelPolicy is not supported by this oknek version";
     config = enabled { modelPolicy.default = "deny"; };

@@ -29,6 +29,20 @@
       run_agents = "declared";
     };
 
+    # Where agents' model calls go; the shipped R6 rules judge them.
+    providers = {
+      ollama = {
+        kind = "local";
+        api = "ollama";
+        endpoints = [ "127.0.0.1:11434" ];
+      };
+      openai = {
+        kind = "cloud";
+        api = "openai";
+        endpoints = [ "api.openai.com:443" ];
+      };
+    };
+
     agents = {
       aider = {
         units = [ "aider.service" ];
