@@ -449,18 +449,7 @@ impl Daemon {
         }
         self.set_kernel_models();
         self.judge.armed.insert("ebpf", self.ebpf.is_some());
-        let preload_on = self.config.tiers.preload != config::TierSwitch::Off;
-        if preload_on {
-            // A new generation per publication; time-based so it also grows across restarts.
-            let generation = oknek_event::Timestamp::now().as_nanos().max(1) as u64;
-            let table = plan::preload_table(self.judge.rules(), &self.config, generation);
-            if let Err(e) = table.publish(&runtime) {
-                warn!(
-                    "oknekd: publishing the preload hook table in {}: {e}",
-                    runtime.display()
-                );
-            }
-        }
+        let preload_on = self.publish_preload_table();
         self.judge.armed.insert("preload", preload_on);
         self.judge.armed.insert(
             "seccomp",
@@ -468,6 +457,38 @@ impl Daemon {
                 && std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
                     .is_ok_and(|a| a.contains("user_notif")),
         );
+    }
+
+    /// Publishes what the preload shim must ask about: the rules' objects and destinations,
+    /// and every provider address (each connect to one is a model call). Returns whether the
+    /// preload tier is on.
+    fn publish_preload_table(&self) -> bool {
+        if self.config.tiers.preload == config::TierSwitch::Off {
+            return false;
+        }
+        // A new generation per publication; time-based so it also grows across restarts.
+        let generation = oknek_event::Timestamp::now().as_nanos().max(1) as u64;
+        let providers: Vec<std::net::SocketAddr> = self
+            .judge
+            .models
+            .book()
+            .entries()
+            .into_iter()
+            .filter_map(|(addr, _)| match addr {
+                oknek_event::SockAddr::Inet { addr, port } => Some((*addr, *port).into()),
+                oknek_event::SockAddr::Inet6 { addr, port } => Some((*addr, *port).into()),
+                oknek_event::SockAddr::Unix { .. } => None,
+            })
+            .collect();
+        let table = plan::preload_table(self.judge.rules(), &self.config, &providers, generation);
+        let runtime = &self.config.paths.runtime_dir;
+        if let Err(e) = table.publish(runtime) {
+            warn!(
+                "oknekd: publishing the preload hook table in {}: {e}",
+                runtime.display()
+            );
+        }
+        true
     }
 
     pub fn runtime_dir(&self) -> &Path {
@@ -569,6 +590,7 @@ impl Daemon {
                         self.judge.models.book().len()
                     );
                     self.set_kernel_models();
+                    self.publish_preload_table();
                 }
             }
             other => self.on_dynamic(other),

@@ -171,6 +171,7 @@ impl TierPlan {
 pub fn preload_table(
     rules: &RuleSet,
     config: &Config,
+    providers: &[std::net::SocketAddr],
     generation: u64,
 ) -> oknek_protocol::table::TableBuilder {
     use oknek_protocol::table::{self as t, Action, MatchType, TableBuilder};
@@ -269,6 +270,17 @@ pub fn preload_table(
             if !ok {
                 ask_all(&mut table, kinds);
             }
+        }
+    }
+    // A connect to a model provider is a model call, judged (and recorded) whatever the rules.
+    for provider in providers {
+        let bits = if provider.is_ipv4() { 32 } else { 128 };
+        let port = provider.port();
+        if table
+            .net(t::Kind::Connect.bit(), Action::Ask, provider.ip(), bits, port..=port)
+            .is_err()
+        {
+            ask_all(&mut table, t::Kind::Connect.bit());
         }
     }
     table

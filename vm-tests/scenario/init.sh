@@ -31,6 +31,8 @@ VERBOSE=""
 SECRET=/srv/secret/key.pem
 FORBIDDEN=/usr/local/bin/forbidden
 PORT=7777
+# A model provider (a declared local inference server): connects to it are model calls.
+MODEL_PORT=7778
 STATE=/var/lib/oknek
 RUNTIME=/run/oknek
 AGENT_UID=1000
@@ -70,6 +72,8 @@ tiers: $TIERS
 agents:
   - name: vm-agent
     uid: [$AGENT_UID]
+providers:
+  - { name: vm-provider, kind: local, api: openai, endpoints: ["127.0.0.1:$MODEL_PORT"] }
 EOF
 # An oknekd built before the eBPF tier existed rejects the tiers.ebpf key; such a build has no
 # eBPF tier, which the doctor rows then show (and the row expectations fail on).
@@ -92,6 +96,7 @@ printf '#!/bin/sh\nexit 77\n' >"$FORBIDDEN"
 chmod 0755 "$FORBIDDEN"
 
 /opt/oknek/agent-static listen "$PORT" &
+/opt/oknek/agent-static listen "$MODEL_PORT" &
 
 # shellcheck disable=SC2086 # VERBOSE is empty or one word
 /usr/bin/oknekd --config /etc/oknek/oknek.yaml --rules-dir /etc/oknek/rules \
@@ -144,18 +149,21 @@ for action in exec open connect; do
     echo "$mechanism" >"/tmp/predicted.$action"
 done
 
-run_agent() { # run_agent OUTPUT [--as UID]
+run_agent() { # run_agent OUTPUT [--as UID]; connects to TRY_PORT (default PORT)
     out=$1
     shift
     if [ "$PATH_UNDER_TEST" = preload ]; then
-        LD_PRELOAD=/opt/oknek/liboknek_preload.so "$AGENT" try "$@" "$SECRET" "$FORBIDDEN" "$PORT" >"$out" 2>&1
+        LD_PRELOAD=/opt/oknek/liboknek_preload.so "$AGENT" try "$@" "$SECRET" "$FORBIDDEN" "${TRY_PORT:-$PORT}" >"$out" 2>&1
     else
-        "$AGENT" try "$@" "$SECRET" "$FORBIDDEN" "$PORT" >"$out" 2>&1
+        "$AGENT" try "$@" "$SECRET" "$FORBIDDEN" "${TRY_PORT:-$PORT}" >"$out" 2>&1
     fi
     sed 's/^/OKNEK-AGENT /' "$out"
 }
 run_agent /tmp/agent.out --as "$AGENT_UID"
 run_agent /tmp/root.out
+# Two model calls of the agent: the quota allows one.
+TRY_PORT=$MODEL_PORT run_agent /tmp/model1.out --as "$AGENT_UID"
+TRY_PORT=$MODEL_PORT run_agent /tmp/model2.out --as "$AGENT_UID"
 
 # What the agent got for ACTION in OUTPUT: "blocked" (EPERM), "allowed" (it happened), or the
 # line itself when it is neither.
@@ -184,6 +192,18 @@ for action in exec open connect; do
     [ "$got" = allowed ] && verdict=PASS || verdict=FAIL
     result "root-$action" "$verdict" "expected=allowed got=$got"
 done
+
+# The model-call quota is refused where connects are: by the tier the doctor names for connect.
+predicted=$(cat /tmp/predicted.connect)
+first=$(outcome /tmp/model1.out connect)
+second=$(outcome /tmp/model2.out connect)
+if [ "$predicted" = none ]; then
+    [ "$first" = allowed ] && [ "$second" = allowed ] && verdict=PASS || verdict=FAIL
+    result model-quota "$verdict" "doctor=none expected=allowed,allowed got=$first,$second"
+else
+    [ "$first" = allowed ] && [ "$second" = blocked ] && verdict=PASS || verdict=FAIL
+    result model-quota "$verdict" "doctor=$predicted expected=allowed,EPERM got=$first,$second"
+fi
 
 # Stop the daemon so that every decision is flushed before the evidence is read.
 kill -TERM "$DAEMON"
@@ -220,6 +240,20 @@ for action in exec open connect; do
         result "evidence-$action" "$verdict" "rule=$rule expected=$predicted got=${mechanisms:-no-bundle}"
     fi
 done
+
+# Each model call is a bundle: the allowed one, and the refused one where a tier refuses.
+oknek events --state-dir "$STATE" --json >/tmp/events.all 2>&1
+allowed=$(grep '"rule": *"oknek.model_call"' /tmp/events.all | grep -c 'vm-provider')
+refused=$(grep '"rule": *"vm.model.quota"' /tmp/events.all | grep -o '"mechanism": *"[^"]*"' |
+    sed 's/.*"\([^"]*\)"$/\1/' | sort -u | tr '\n' ',' | sed 's/,$//')
+if [ "$predicted" = none ]; then
+    # Nothing sees connects here: no refusal may be claimed.
+    [ -z "$refused" ] && verdict=PASS || verdict=FAIL
+    result evidence-model "$verdict" "doctor=none expected=no-refusal got=$allowed allow, refused by ${refused:-none}"
+else
+    [ "$allowed" -ge 1 ] && [ "$refused" = "$predicted" ] && verdict=PASS || verdict=FAIL
+    result evidence-model "$verdict" "expected=allow+$predicted got=$allowed allow, refused by ${refused:-none}"
+fi
 
 if oknek verify --state-dir "$STATE" >/tmp/verify.txt 2>&1; then
     result verify PASS "$(tail -n 1 /tmp/verify.txt)"
