@@ -1114,52 +1114,13 @@ impl Daemon {
         let Some(listener) = self.seccomp.get_mut(&token) else {
             return true;
         };
-        let judge = &mut self.judge;
-        let plan = &self.plan;
-        let marked = |dev, ino| {
-            self.fanotify
-                .as_ref()
-                .is_some_and(|t| t.is_marked(fanotify::ObjectId { dev, ino }))
-        };
-        let mut decide = |req: &seccomp::SyscallRequest| -> Answer {
-            let Some(mut event) = crate::judge::event_from_seccomp(req, &mut judge.identities)
-            else {
-                return Answer::Allow;
-            };
-            // Another name of a protected file is judged as the protected file. An allowed open
-            // is performed by the daemon itself, which must never open a marked object: it
-            // would wait for its own answer.
-            let inode = match &req.kind {
-                seccomp::RequestKind::Open { inode, .. } => *inode,
-                _ => None,
-            };
-            if let (Some((dev, ino)), oknek_event::Action::Open { path, .. }) =
-                (inode, &mut event.action)
-            {
-                if let Some(protected) = plan.protected_path(dev, ino) {
-                    *path = protected.to_owned();
-                }
-                if judge.decide(&event) == oknek_event::Verdict::Block {
-                    return Answer::DENY;
-                }
-                if marked(dev, ino) {
-                    judge.record_synthetic(
-                        &event,
-                        crate::judge::PROTECTED_OBJECT_RULE,
-                        oknek_event::Verdict::Block,
-                        "object is marked by a block rule's fanotify tier",
-                    );
-                    return Answer::DENY;
-                }
-                return Answer::Allow;
-            }
-            match judge.decide(&event) {
-                oknek_event::Verdict::Block => Answer::DENY,
-                _ => Answer::Allow,
-            }
+        let mut decide = SeccompJudge {
+            judge: &mut self.judge,
+            plan: &self.plan,
+            fanotify: self.fanotify.as_ref(),
         };
         loop {
-            match listener.drain(&mut decide) {
+            match listener.drain_with(&mut decide) {
                 Ok(stats) if stats.more => continue,
                 Ok(_) => break,
                 Err(e) => {
@@ -1172,6 +1133,80 @@ impl Daemon {
             }
         }
         listener.is_closed()
+    }
+}
+
+/// The rule engine as the seccomp tier of `oknek run` asks it.
+struct SeccompJudge<'a> {
+    judge: &'a mut Judge,
+    plan: &'a plan::TierPlan,
+    fanotify: Option<&'a FanotifyTier>,
+}
+
+impl SeccompJudge<'_> {
+    fn marked(&self, dev: u64, ino: u64) -> bool {
+        self.fanotify
+            .is_some_and(|t| t.is_marked(fanotify::ObjectId { dev, ino }))
+    }
+}
+
+impl seccomp::Decider for SeccompJudge<'_> {
+    fn decide(&mut self, req: &seccomp::SyscallRequest) -> Answer {
+        let Some(mut event) = crate::judge::event_from_seccomp(req, &mut self.judge.identities)
+        else {
+            return Answer::Allow;
+        };
+        // Another name of a protected file is judged as the protected file. An allowed open
+        // is performed by the daemon itself, which must never open a marked object: it
+        // would wait for its own answer.
+        let inode = match &req.kind {
+            seccomp::RequestKind::Open { inode, .. } => *inode,
+            _ => None,
+        };
+        if let (Some((dev, ino)), oknek_event::Action::Open { path, .. }) =
+            (inode, &mut event.action)
+        {
+            if let Some(protected) = self.plan.protected_path(dev, ino) {
+                *path = protected.to_owned();
+            }
+            if self.judge.decide(&event) == oknek_event::Verdict::Block {
+                return Answer::DENY;
+            }
+            if self.marked(dev, ino) {
+                self.judge.record_synthetic(
+                    &event,
+                    crate::judge::PROTECTED_OBJECT_RULE,
+                    oknek_event::Verdict::Block,
+                    "object is marked by a block rule's fanotify tier",
+                );
+                return Answer::DENY;
+            }
+            return Answer::Allow;
+        }
+        match self.judge.decide(&event) {
+            oknek_event::Verdict::Block => Answer::DENY,
+            _ => Answer::Allow,
+        }
+    }
+
+    /// Plaintext providers only: a TLS provider's requests cannot be read on the wire.
+    fn reads_models_sent_to(&mut self, peer: &oknek_event::SockAddr) -> bool {
+        let models = &self.judge.models;
+        models
+            .book()
+            .provider_of(peer)
+            .and_then(|name| models.providers().get(name))
+            .is_some_and(|provider| !provider.tls)
+    }
+
+    fn decide_model(&mut self, send: &seccomp::SyscallRequest, model: &str) -> Answer {
+        let Some(event) = crate::judge::event_from_seccomp(send, &mut self.judge.identities) else {
+            return Answer::Allow;
+        };
+        match self.judge.decide_plaintext_model(&event, model) {
+            oknek_event::Verdict::Block => Answer::DENY,
+            _ => Answer::Allow,
+        }
     }
 }
 

@@ -30,8 +30,9 @@ pub const QUOTA_FULL_RULE: &str = "oknek.quota_full";
 pub const LOCAL_WEIGHTS_PROVIDER: &str = "local";
 
 /// File names that are model weights: GGUF (llama.cpp, Ollama), safetensors, PyTorch and ONNX
-/// checkpoints.
-const WEIGHTS_SUFFIXES: [&str; 6] = [".gguf", ".safetensors", ".pt", ".pth", ".onnx", ".ggml"];
+/// checkpoints. Not `.pth`: Python's path configuration files in every site-packages share it,
+/// and every Python start opens them.
+const WEIGHTS_SUFFIXES: [&str; 5] = [".gguf", ".safetensors", ".pt", ".onnx", ".ggml"];
 
 pub struct ModelCalls {
     providers: Providers,
@@ -232,5 +233,7 @@ mod tests {
         );
         assert!(ModelCalls::weights_call(&open("/home/a/notes.txt")).is_none());
         assert!(ModelCalls::weights_call(&open("/home/a/gguf")).is_none());
+        let site = "/usr/lib/python3/dist-packages/distutils-precedence.pth";
+        assert!(ModelCalls::weights_call(&open(site)).is_none());
     }
 }

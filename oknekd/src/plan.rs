@@ -277,7 +277,13 @@ pub fn preload_table(
         let bits = if provider.is_ipv4() { 32 } else { 128 };
         let port = provider.port();
         if table
-            .net(t::Kind::Connect.bit(), Action::Ask, provider.ip(), bits, port..=port)
+            .net(
+                t::Kind::Connect.bit(),
+                Action::Ask,
+                provider.ip(),
+                bits,
+                port..=port,
+            )
             .is_err()
         {
             ask_all(&mut table, t::Kind::Connect.bit());

@@ -9,10 +9,16 @@
 //! clone with CLONE_VM but neither THREAD nor VFORK  → EPERM (hidden sharers of memory)
 //! seccomp(SET_MODE_FILTER, NEW_LISTENER)            → EPERM (a nested listener would win)
 //! execve, execveat, open, openat, openat2, creat,
-//! connect, sendmsg, sendmmsg, inotify_add_watch     → notify oknekd
-//! sendto with a destination address                 → notify oknekd (without one: allow)
+//! connect, sendto, sendmsg, sendmmsg,
+//! inotify_add_watch                                 → notify oknekd
 //! everything else                                   → allow
 //! ```
+//!
+//! sendto is notified with or without a destination: send(2) on a connected socket is
+//! sendto(…, NULL, 0) on x86_64, and oknekd reads the model of plaintext requests to model
+//! providers from it. write(2) and writev(2) are not notified, on sockets either: that would
+//! stop every file write of the agent, so what an agent writes to a socket that way (Node.js
+//! does) is not read.
 
 use std::os::fd::RawFd;
 
@@ -34,9 +40,6 @@ const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 const fn off_arg_lo(i: u32) -> u32 {
     16 + 8 * i
-}
-const fn off_arg_hi(i: u32) -> u32 {
-    16 + 8 * i + 4
 }
 
 /// x86_64 syscall numbers the filter names.
@@ -65,7 +68,7 @@ pub mod nr {
 }
 
 /// Syscalls oknekd judges.
-pub const NOTIFIED: [u32; 10] = [
+pub const NOTIFIED: [u32; 11] = [
     nr::EXECVE,
     nr::EXECVEAT,
     nr::OPEN,
@@ -73,6 +76,7 @@ pub const NOTIFIED: [u32; 10] = [
     nr::OPENAT2,
     nr::CREAT,
     nr::CONNECT,
+    nr::SENDTO,
     nr::SENDMSG,
     nr::SENDMMSG,
     nr::INOTIFY_ADD_WATCH,
@@ -125,16 +129,6 @@ pub fn program() -> Vec<libc::sock_filter> {
         simple(&mut p, nr, eperm);
     }
     simple(&mut p, nr::CLONE3, enosys);
-    // sendto(fd, buf, len, flags, dest_addr, addrlen): judged only with a destination.
-    p.extend([
-        jump(BPF_JEQ_K, nr::SENDTO, 0, 6),
-        stmt(BPF_LD_W_ABS, off_arg_lo(4)),
-        jump(BPF_JEQ_K, 0, 0, 3),
-        stmt(BPF_LD_W_ABS, off_arg_hi(4)),
-        jump(BPF_JEQ_K, 0, 0, 1),
-        stmt(BPF_RET_K, RET_ALLOW),
-        stmt(BPF_RET_K, RET_USER_NOTIF),
-    ]);
     // clone(flags, …): a new task sharing memory must be a thread or a vfork child.
     p.extend([
         jump(BPF_JEQ_K, nr::CLONE, 0, 5),
@@ -261,9 +255,9 @@ mod tests {
     }
 
     #[test]
-    fn sendto_is_judged_only_with_an_address() {
+    fn sendto_is_notified_with_or_without_an_address() {
         let p = program();
-        assert_eq!(run(&p, A, nr::SENDTO, [3, 1, 2, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(run(&p, A, nr::SENDTO, [3, 1, 2, 0, 0, 0]), RET_USER_NOTIF);
         assert_eq!(
             run(&p, A, nr::SENDTO, [3, 1, 2, 0, 0x7ffd_0000, 16]),
             RET_USER_NOTIF

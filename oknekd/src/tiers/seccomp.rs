@@ -2,10 +2,10 @@
 //!
 //! `oknek run` installs a seccomp filter in the agent it launches and hands the filter's listener
 //! fd to the daemon (op `RegisterSeccomp` on the hook socket). From then on every execve,
-//! execveat, open, openat, openat2, creat, connect, sendto (with an address), sendmsg, sendmmsg
-//! and inotify_add_watch of that process tree stops in the kernel until this module answers.
+//! execveat, open, openat, openat2, creat, connect, sendto, sendmsg, sendmmsg and
+//! inotify_add_watch of that process tree stops in the kernel until this module answers.
 //!
-//! This is a mechanism: it turns notifications into [`SyscallRequest`]s, asks a `decide` closure
+//! This is a mechanism: it turns notifications into [`SyscallRequest`]s, asks a [`Decider`]
 //! (the daemon's rule engine) for an [`Answer`], and carries the answer out so that **the call
 //! that was judged is the call that happens**. A pointer argument can change after we read it
 //! (another thread, a `vfork` parent, a shared mapping, a symlink swapped on disk), so a plain
@@ -16,6 +16,8 @@
 //! | open, openat, openat2, creat | **emulated**: the daemon resolves the path itself, one component at a time, as the caller (its uid, gids, capabilities, root, cwd/dirfd, umask), judges the object it reached, opens that very object and injects the fd (`SECCOMP_IOCTL_NOTIF_ADDFD` + `SECCOMP_ADDFD_FLAG_SEND`) |
 //! | inotify_add_watch | **emulated** on the caller's inotify fd (taken with `pidfd_getfd`) and the object judged |
 //! | connect, sendto, sendmsg, sendmmsg on AF_INET/AF_INET6 sockets | **emulated** on the caller's socket (taken with `pidfd_getfd`) with the judged address and bytes |
+//! | send (sendto without an address) on AF_INET/AF_INET6 sockets | **emulated** without a verdict (the peer was judged at connect), reading the model of plaintext requests to model providers on the way (below) |
+//! | send (sendto without an address) on other sockets | `CONTINUE` without a verdict: nothing was judged, so nothing can be raced |
 //! | execve, execveat | cannot be emulated: `CONTINUE`, only when the caller cannot race (below) or the [`RacePolicy`] says a racing caller gains nothing |
 //! | connect/send on other sockets (AF_UNIX, netlink, …) | cannot be emulated (the peer would see the daemon's credentials): as exec |
 //!
@@ -31,6 +33,16 @@
 //! notification is answered exactly once; nothing here blocks for long: sockets are driven
 //! non-blocking and a caller's blocking connect or send is answered when its socket becomes
 //! ready (the listener's epoll fd, [`SeccompListener::as_raw_fd`], wakes the loop for both).
+//!
+//! **Plaintext model requests.** Every send on a connected AF_INET/AF_INET6 stream socket whose
+//! peer the decider names a plaintext model provider ([`Decider::reads_models_sent_to`]) is read
+//! as HTTP/1.1 ([`http::RequestStream`], one per connection, keyed by the socket's cookie).
+//! The bytes of a send are read *before* they are sent: when they complete a request's
+//! `"model"`, [`Decider::decide_model`] judges it, and a refusal fails the whole send with its
+//! errno (nothing of it is sent). The stream's state only ever advances by the bytes that were
+//! actually sent, so a short write and its retry are read once. `write(2)`/`writev(2)` on a
+//! socket are not intercepted (the filter would stop every file write): what an agent writes
+//! that way is not read.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -41,6 +53,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use oknek_event::SockAddr;
+
+mod http;
 
 /// The file in the runtime directory where the daemon publishes what `oknek run` should also
 /// deny with Landlock (see [`write_landlock_policy`]).
@@ -61,6 +75,10 @@ const MAX_SYMLINKS: usize = 40;
 const BATCH: usize = 256;
 /// Calls parked waiting for a socket or FIFO; beyond this a blocking call gets EAGAIN.
 const MAX_PENDING: usize = 1024;
+/// Connections to plaintext model providers followed per listener. The kernel does not tell
+/// us when a socket closes: beyond this the least recently used one is forgotten (its next
+/// send is read as the start of a request).
+const MAX_PROVIDER_CONNS: usize = 1024;
 
 const LISTENER_TOKEN: u64 = 0;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
@@ -186,6 +204,36 @@ impl Answer {
     pub const DENY: Answer = Answer::Deny(libc::EPERM);
 }
 
+/// The daemon's side of the tier: the verdict on each call, and which connections carry model
+/// requests to read. A closure `FnMut(&SyscallRequest) -> Answer` is a decider that reads none
+/// ([`SeccompListener::drain`]).
+pub trait Decider {
+    /// The verdict on one call.
+    fn decide(&mut self, req: &SyscallRequest) -> Answer;
+
+    /// Whether `peer` is a model provider spoken to in plaintext HTTP, whose requests' models
+    /// are to be judged with [`Decider::decide_model`]. Asked on every send on a connected
+    /// inet stream socket: keep it cheap.
+    fn reads_models_sent_to(&mut self, _peer: &SockAddr) -> bool {
+        false
+    }
+
+    /// The verdict on a request naming `model`, completed by `send` (a [`RequestKind::Send`]
+    /// to the provider). `Deny` fails the send before any of its bytes leave.
+    fn decide_model(&mut self, _send: &SyscallRequest, _model: &str) -> Answer {
+        Answer::Allow
+    }
+}
+
+/// A decide closure as a [`Decider`] that reads no model requests.
+struct Calls<'a>(&'a mut dyn FnMut(&SyscallRequest) -> Answer);
+
+impl Decider for Calls<'_> {
+    fn decide(&mut self, req: &SyscallRequest) -> Answer {
+        (self.0)(req)
+    }
+}
+
 /// Which racy requests may still be allowed (see [`SyscallRequest::racy`]). Set it from the
 /// rule set: a kind may be allowed while racy only if no block rule of that kind applies to the
 /// agent that a substituted argument could match — or if every such rule is also enforced by
@@ -226,6 +274,31 @@ pub struct SeccompListener {
     pending: HashMap<u64, Pending>,
     next_token: u64,
     closed: bool,
+    /// Connections to plaintext model providers, by socket cookie.
+    provider_conns: HashMap<u64, ProviderConn>,
+    /// Ticks on every use of `provider_conns`, for least-recently-used eviction.
+    provider_clock: u64,
+}
+
+/// What is known of one connection to a plaintext model provider.
+struct ProviderConn {
+    peer: SockAddr,
+    requests: http::RequestStream,
+    /// Bytes the daemon has sent on the connection.
+    sent: u64,
+    /// The part of the last send that did not go out (a short send): its SHA-256 and length.
+    /// It was read and its models judged; when the next send starts with exactly these bytes
+    /// (the caller sending the rest), they are not judged twice.
+    judged_tail: Option<([u8; 32], usize)>,
+    last_used: u64,
+}
+
+/// A send on a connection whose model requests are read: where its bytes go in the stream.
+#[derive(Debug, Clone, Copy)]
+struct StreamPos {
+    cookie: u64,
+    /// The connection's `sent` when the send was judged.
+    at: u64,
 }
 
 /// A call answered later: a blocking connect or send, or a FIFO waiting for its writer.
@@ -242,6 +315,8 @@ enum PendingOp {
         dest: Option<Vec<u8>>,
         flags: i32,
         tid: u32,
+        /// Set on a connection whose model requests are read.
+        stream: Option<StreamPos>,
     },
     FifoRead {
         cloexec: bool,
@@ -294,6 +369,8 @@ impl SeccompListener {
             pending: HashMap::new(),
             next_token: 1,
             closed: false,
+            provider_conns: HashMap::new(),
+            provider_clock: 0,
         })
     }
 
@@ -316,11 +393,17 @@ impl SeccompListener {
     }
 
     /// Handles everything that is ready: new notifications (up to a batch) and parked calls
-    /// whose socket or FIFO became ready. Never blocks.
+    /// whose socket or FIFO became ready, with `decide` as a [`Decider`] that reads no model
+    /// requests. Never blocks.
     pub fn drain(
         &mut self,
         decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
     ) -> Result<DrainStats, SeccompError> {
+        self.drain_with(&mut Calls(decide))
+    }
+
+    /// [`SeccompListener::drain`] with a full [`Decider`].
+    pub fn drain_with(&mut self, decide: &mut dyn Decider) -> Result<DrainStats, SeccompError> {
         let mut stats = DrainStats::default();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
         // SAFETY: events is a valid array of 64 epoll_event.
@@ -385,12 +468,7 @@ impl SeccompListener {
         Ok(Notification::parse(&buf))
     }
 
-    fn handle(
-        &mut self,
-        n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
-        stats: &mut DrainStats,
-    ) {
+    fn handle(&mut self, n: &Notification, decide: &mut dyn Decider, stats: &mut DrainStats) {
         let outcome = match Caller::new(self, n) {
             Ok(caller) => self.dispatch(&caller, n, decide),
             Err(errno) => Outcome::Error(errno),
@@ -517,12 +595,28 @@ impl SeccompListener {
                 e => self.respond(p.id, 0, -e, 0),
             },
             PendingOp::Send {
+                stream: Some(pos),
+                ref data,
+                ..
+            } if self.stream_moved(pos, data) => {
+                // Judged for a place in the stream it no longer has, and it completes a model:
+                // refuse rather than send a request nobody judged.
+                stats.denied += 1;
+                self.respond(p.id, 0, -libc::EPERM, 0)
+            }
+            PendingOp::Send {
                 data,
                 dest,
                 flags,
                 tid,
+                stream,
             } => match send_raw(&p.fd, &data, dest.as_deref(), flags) {
-                Ok(n) => self.respond(p.id, n as i64, 0, 0),
+                Ok(n) => {
+                    if let Some(pos) = stream {
+                        self.advance_stream(pos, &data, n);
+                    }
+                    self.respond(p.id, n as i64, 0, 0)
+                }
                 Err(libc::EAGAIN) => {
                     // Woken but the buffer filled again: wait once more.
                     let again = Pending {
@@ -533,6 +627,7 @@ impl SeccompListener {
                             dest,
                             flags,
                             tid,
+                            stream,
                         },
                     };
                     if !self.park(again) {
@@ -576,12 +671,7 @@ impl SeccompListener {
         }
     }
 
-    fn dispatch(
-        &self,
-        c: &Caller,
-        n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
-    ) -> Outcome {
+    fn dispatch(&mut self, c: &Caller, n: &Notification, decide: &mut dyn Decider) -> Outcome {
         let a = &n.args;
         let result = match n.nr {
             NR_OPEN => self.open(c, n, "open", libc::AT_FDCWD, a[0], a[1], a[2], 0, decide),
@@ -655,7 +745,7 @@ impl SeccompListener {
         flags: u64,
         mode: u64,
         resolve: u64,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let path = c.mem.read_cstr(path_ptr, MAX_PATH)?;
         let flags = flags as u32 as i32;
@@ -685,7 +775,7 @@ impl SeccompListener {
                     inode,
                 },
             );
-            if let Answer::Deny(e) = decide(&req) {
+            if let Answer::Deny(e) = decide.decide(&req) {
                 return Ok(Outcome::Denied(e));
             }
             let cloexec = flags & libc::O_CLOEXEC != 0;
@@ -703,7 +793,7 @@ impl SeccompListener {
         &self,
         c: &Caller,
         n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let size = n.args[3] as usize;
         if size < 24 {
@@ -762,7 +852,7 @@ impl SeccompListener {
         path_ptr: u64,
         argv_ptr: u64,
         at_flags: i32,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let path = c.mem.read_cstr(path_ptr, MAX_PATH)?;
         let mut spans = vec![(path_ptr, path.len() as u64 + 1)];
@@ -803,10 +893,10 @@ impl SeccompListener {
     fn verdict_for_continue(
         &self,
         req: &SyscallRequest,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
         racy_allowed: bool,
     ) -> Outcome {
-        match decide(req) {
+        match decide.decide(req) {
             Answer::Deny(e) => Outcome::Denied(e),
             Answer::Allow if req.racy && !racy_allowed => Outcome::Denied(libc::EPERM),
             Answer::Allow => Outcome::Continue,
@@ -819,7 +909,7 @@ impl SeccompListener {
         &self,
         c: &Caller,
         n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let len = n.args[2] as usize;
         if len > 128 {
@@ -837,7 +927,7 @@ impl SeccompListener {
             req.racy = can_race(c, &[(n.args[1], len as u64)]);
             return Ok(self.verdict_for_continue(&req, decide, self.race.allow_racy_socket));
         }
-        if let Answer::Deny(e) = decide(&req) {
+        if let Answer::Deny(e) = decide.decide(&req) {
             return Ok(Outcome::Denied(e));
         }
         let blocking = fd_flags(&sock)? & libc::O_NONBLOCK == 0;
@@ -864,12 +954,15 @@ impl SeccompListener {
     }
 
     fn sendto(
-        &self,
+        &mut self,
         c: &Caller,
         n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let a = &n.args;
+        if a[4] == 0 {
+            return self.send_connected(c, n, decide);
+        }
         let len = a[5] as usize;
         if len > 128 {
             return Err(libc::EINVAL);
@@ -891,21 +984,42 @@ impl SeccompListener {
             req.racy = can_race(c, &[(a[4], len as u64), (a[1], bytes.min(1 << 20))]);
             return Ok(self.verdict_for_continue(&req, decide, self.race.allow_racy_socket));
         }
-        if let Answer::Deny(e) = decide(&req) {
+        if let Answer::Deny(e) = decide.decide(&req) {
             return Ok(Outcome::Denied(e));
         }
         let data = c.mem.read_exact(a[1], clamp_send(&sock, bytes as usize)?)?;
-        self.emulate_send(c, n.id, sock, data, Some(raw), a[3] as i32)
+        self.emulate_send(c, n.id, sock, data, Some(raw), a[3] as i32, decide)
+    }
+
+    /// sendto without an address (what send(2) is on x86_64): on an inet socket, emulated
+    /// without a verdict, the peer having been judged at connect; elsewhere let through, as it
+    /// always was.
+    fn send_connected(
+        &mut self,
+        c: &Caller,
+        n: &Notification,
+        decide: &mut dyn Decider,
+    ) -> Result<Outcome, i32> {
+        let a = &n.args;
+        let sock = c.take_fd(a[0] as i32)?;
+        if !self.id_valid(n.id) {
+            return Err(libc::ENOENT);
+        }
+        if !is_inet(sock_domain(&sock)?) {
+            return Ok(Outcome::Continue);
+        }
+        let data = c.mem.read_exact(a[1], clamp_send(&sock, a[2] as usize)?)?;
+        self.emulate_send(c, n.id, sock, data, None, a[3] as i32, decide)
     }
 
     fn sendmsg(
-        &self,
+        &mut self,
         c: &Caller,
         n: &Notification,
         msg_ptr: u64,
         flags: i32,
         syscall: &'static str,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         // struct msghdr on x86_64: name, namelen(+pad), iov, iovlen, control, controllen, flags.
         let m = c.mem.read_exact(msg_ptr, 56)?;
@@ -963,7 +1077,7 @@ impl SeccompListener {
             req.racy = can_race(c, &spans);
             return Ok(self.verdict_for_continue(&req, decide, self.race.allow_racy_socket));
         }
-        if let Answer::Deny(e) = decide(&req) {
+        if let Answer::Deny(e) = decide.decide(&req) {
             return Ok(Outcome::Denied(e));
         }
         if ctl_len > 0 {
@@ -980,21 +1094,35 @@ impl SeccompListener {
             let take = (len as usize).min(want - data.len());
             data.extend_from_slice(&c.mem.read_exact(base, take)?);
         }
-        self.emulate_send(c, n.id, sock, data, name, flags)
+        self.emulate_send(c, n.id, sock, data, name, flags, decide)
     }
 
+    /// Sends `data` on the caller's socket for it. On a connection to a plaintext model
+    /// provider the bytes are read first, and a request whose model the decider refuses fails
+    /// the send before anything of it leaves.
+    #[allow(clippy::too_many_arguments)]
     fn emulate_send(
-        &self,
+        &mut self,
         c: &Caller,
         id: u64,
         sock: OwnedFd,
         data: Vec<u8>,
         dest: Option<Vec<u8>>,
         flags: i32,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
+        let stream = match self.read_models(c, &sock, &data, dest.as_deref(), decide) {
+            Ok(stream) => stream,
+            Err(answer) => return Ok(answer),
+        };
         let blocking = fd_flags(&sock)? & libc::O_NONBLOCK == 0 && flags & libc::MSG_DONTWAIT == 0;
         match send_raw(&sock, &data, dest.as_deref(), flags) {
-            Ok(n) => Ok(Outcome::Value(n as i64)),
+            Ok(n) => {
+                if let Some(pos) = stream {
+                    self.advance_stream(pos, &data, n);
+                }
+                Ok(Outcome::Value(n as i64))
+            }
             Err(libc::EAGAIN) if blocking => Ok(Outcome::Park(Pending {
                 id,
                 fd: sock,
@@ -1003,6 +1131,7 @@ impl SeccompListener {
                     dest,
                     flags,
                     tid: c.tid,
+                    stream,
                 },
             })),
             Err(e) => {
@@ -1014,13 +1143,141 @@ impl SeccompListener {
         }
     }
 
+    // ---- plaintext model requests ------------------------------------------------------------
+
+    /// Reads the model requests `data` completes when `sock` is a connection to a plaintext
+    /// model provider, and has the decider judge each. `Ok(Some(pos))`: a followed connection
+    /// (advance it by what is sent); `Ok(None)`: nothing to read; `Err(outcome)`: refused.
+    fn read_models(
+        &mut self,
+        c: &Caller,
+        sock: &OwnedFd,
+        data: &[u8],
+        dest: Option<&[u8]>,
+        decide: &mut dyn Decider,
+    ) -> Result<Option<StreamPos>, Outcome> {
+        if data.is_empty() || sock_type(sock) != Ok(libc::SOCK_STREAM) {
+            return Ok(None);
+        }
+        // Not connected yet: a TCP Fast Open send carries its request in the SYN.
+        let Some(peer) = peer_of(sock).or_else(|| dest.and_then(SockAddr::from_raw)) else {
+            return Ok(None);
+        };
+        if !decide.reads_models_sent_to(&peer) {
+            return Ok(None);
+        }
+        let Some(cookie) = socket_cookie(sock) else {
+            // Without an identity the connection cannot be followed: refuse rather than let a
+            // request to a provider go unread.
+            return Err(Outcome::Denied(libc::EPERM));
+        };
+        let conn = self.provider_conn(cookie, &peer);
+        let mut probe = conn.requests.clone();
+        let at = conn.sent;
+        // The rest of a short send was read (and its models judged) in this very context.
+        let skip = match conn.judged_tail.take() {
+            Some((digest, len)) if len <= data.len() && sha256(&data[..len]) == digest => len,
+            _ => 0,
+        };
+        let mut models = Vec::new();
+        probe.feed(&data[..skip], &mut Vec::new());
+        probe.feed(&data[skip..], &mut models);
+        if !models.is_empty() {
+            let family = sock_domain(sock).unwrap_or(0);
+            let req = self.request(
+                c,
+                "send",
+                RequestKind::Send {
+                    dest: Some(peer),
+                    family,
+                    bytes: data.len() as u64,
+                },
+            );
+            for model in &models {
+                if let Answer::Deny(e) = decide.decide_model(&req, model) {
+                    // Nothing of this send leaves, but the server may hold the request's start
+                    // and would wait for the rest; clients that read on after a failed write
+                    // (httpx does) would wait with it. End the connection: both see it at once.
+                    // SAFETY: plain shutdown of a socket we hold.
+                    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+                    self.provider_conns.remove(&cookie);
+                    return Err(Outcome::Denied(e));
+                }
+            }
+        }
+        Ok(Some(StreamPos { cookie, at }))
+    }
+
+    /// The followed connection `cookie`, new (at a request's start) when unknown or when the
+    /// socket was reconnected elsewhere.
+    fn provider_conn(&mut self, cookie: u64, peer: &SockAddr) -> &mut ProviderConn {
+        self.provider_clock += 1;
+        let now = self.provider_clock;
+        if !self.provider_conns.contains_key(&cookie)
+            && self.provider_conns.len() >= MAX_PROVIDER_CONNS
+            && let Some(oldest) = self
+                .provider_conns
+                .iter()
+                .min_by_key(|(_, conn)| conn.last_used)
+                .map(|(k, _)| *k)
+        {
+            self.provider_conns.remove(&oldest);
+        }
+        let conn = self
+            .provider_conns
+            .entry(cookie)
+            .or_insert_with(|| ProviderConn {
+                peer: peer.clone(),
+                requests: http::RequestStream::new(),
+                sent: 0,
+                judged_tail: None,
+                last_used: now,
+            });
+        if conn.peer != *peer {
+            *conn = ProviderConn {
+                peer: peer.clone(),
+                requests: http::RequestStream::new(),
+                sent: 0,
+                judged_tail: None,
+                last_used: now,
+            };
+        }
+        conn.last_used = now;
+        conn
+    }
+
+    /// Moves the followed connection past the first `sent` bytes of `data`, which was read
+    /// and judged whole.
+    fn advance_stream(&mut self, pos: StreamPos, data: &[u8], sent: usize) {
+        if let Some(conn) = self.provider_conns.get_mut(&pos.cookie) {
+            conn.requests.feed(&data[..sent], &mut Vec::new());
+            conn.sent += sent as u64;
+            let tail = &data[sent..];
+            conn.judged_tail = (!tail.is_empty()).then(|| (sha256(tail), tail.len()));
+        }
+    }
+
+    /// Whether a parked send still goes out where it was judged: another send on the same
+    /// connection in between (concurrent writers) would put its bytes in another context.
+    fn stream_moved(&self, pos: StreamPos, data: &[u8]) -> bool {
+        let Some(conn) = self.provider_conns.get(&pos.cookie) else {
+            return false;
+        };
+        if conn.sent == pos.at {
+            return false;
+        }
+        let mut models = Vec::new();
+        conn.requests.clone().feed(data, &mut models);
+        !models.is_empty()
+    }
+
     // ---- inotify ---------------------------------------------------------------------------
 
     fn watch(
         &self,
         c: &Caller,
         n: &Notification,
-        decide: &mut dyn FnMut(&SyscallRequest) -> Answer,
+        decide: &mut dyn Decider,
     ) -> Result<Outcome, i32> {
         let path = c.mem.read_cstr(n.args[1], MAX_PATH)?;
         let mask = n.args[2] as u32;
@@ -1049,7 +1306,7 @@ impl SeccompListener {
             "inotify_add_watch",
             RequestKind::Watch { path: canon, mask },
         );
-        if let Answer::Deny(e) = decide(&req) {
+        if let Answer::Deny(e) = decide.decide(&req) {
             return Ok(Outcome::Denied(e));
         }
         let magic = self_fd_path(&fd);
@@ -2138,8 +2395,9 @@ fn send_raw(fd: &OwnedFd, data: &[u8], dest: Option<&[u8]>, flags: i32) -> Resul
         Some(d) => (d.as_ptr().cast(), d.len() as libc::socklen_t),
         None => (std::ptr::null(), 0),
     };
-    // Never block the daemon, never take a SIGPIPE for the caller.
-    let flags = flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // Never block the daemon, never take a SIGPIPE for the caller. MSG_ZEROCOPY would pin the
+    // daemon's buffer, which is freed (and reused) as soon as this returns: send a copy.
+    let flags = (flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) & !libc::MSG_ZEROCOPY;
     // SAFETY: data and addr are readable buffers of the given lengths.
     let n = unsafe {
         libc::sendto(
@@ -2169,6 +2427,28 @@ fn raise_sigpipe(tid: u32) {
             libc::SIGPIPE,
         );
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The socket's cookie: an identity the kernel never reuses while it runs.
+fn socket_cookie(fd: &OwnedFd) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: v and len are valid for getsockopt.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut v).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(v)
 }
 
 fn peer_of(fd: &OwnedFd) -> Option<SockAddr> {
