@@ -20,7 +20,7 @@ use crate::error::{LoadError, LoadErrors, suggest};
 use crate::glob::Glob;
 use crate::index::KindIndex;
 use crate::predicate::{AddrSet, ArgvCheck, BaselineTest, BitTest, Pred, StrCheck, StrSet};
-use crate::quota::{QuotaBy, QuotaSpec};
+use crate::quota::{QuotaBy, QuotaSpec, QuotaUnit};
 use crate::ruleset::{Rule, RuleSet, RuleSource, Severity};
 use crate::when::{When, Window, parse_clock, parse_days};
 use crate::yaml::{self, Node, Value};
@@ -1869,7 +1869,7 @@ impl<'d> Compiler<'d> {
     }
 
     fn quota(&mut self, node: &'d Node, kinds: &[Kind]) -> Option<QuotaSpec> {
-        let keys = self.keys(node, &["limit", "per", "by"], "`quota`")?;
+        let keys = self.keys(node, &["limit", "per", "by", "unit"], "`quota`")?;
         let limit = self
             .required(&keys, node, "limit", "`quota`")
             .and_then(|n| self.integer(n, "`limit`", 1, 1_000_000_000));
@@ -1901,10 +1901,35 @@ impl<'d> Compiler<'d> {
                 by
             }),
         };
+        let unit = match keys.get("unit") {
+            None => Some(QuotaUnit::Calls),
+            Some(n) => self
+                .string(n, "`unit`")
+                .and_then(|name| match QuotaUnit::from_name(name) {
+                    None => {
+                        self.error(
+                            n,
+                            format!("unknown quota unit `{name}`"),
+                            "`unit` is one of: calls, tokens",
+                        );
+                        None
+                    }
+                    Some(QuotaUnit::Tokens) if kinds.iter().any(|k| *k != Kind::ModelCall) => {
+                        self.error(
+                            n,
+                            "`unit: tokens` counts model tokens, which only model_call events use",
+                            "use `unit: calls`, or limit the rule to `kind: model_call`",
+                        );
+                        None
+                    }
+                    unit => unit,
+                }),
+        };
         Some(QuotaSpec {
             limit: limit?,
             per_secs: per?,
             by: by?,
+            unit: unit?,
         })
     }
 

@@ -57,9 +57,9 @@ pub use kernel::{
     Cidr, Enforceability, KernelEntry, KernelPlan, KernelRule, PortRange, kernel_rule,
 };
 pub use model_plan::{ModelConnectRule, ProviderRef};
-pub use quota::{QuotaBy, QuotaLedger, QuotaSpec, QuotaState};
+pub use quota::{QuotaBy, QuotaLedger, QuotaSpec, QuotaState, QuotaUnit};
 pub use ruleset::{
-    DecidedQuotas, Decision, EvalContext, Fired, Rule, RuleSet, RuleSource, Severity,
+    DecidedQuotas, Decision, EvalContext, Fired, Rule, RuleSet, RuleSource, Severity, UsageCharge,
     default_capture,
 };
 pub use yaml::MAX_FILE_BYTES;

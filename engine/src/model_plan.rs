@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::kernel::Enforceability;
 use crate::predicate::{EventView, Pred};
-use crate::quota::QuotaSpec;
+use crate::quota::{QuotaSpec, QuotaUnit};
 use crate::ruleset::{Rule, RuleSet};
 
 /// A provider as the plan needs it.
@@ -50,6 +50,10 @@ fn model_connect_rule(rule: &Rule, providers: &[ProviderRef<'_>]) -> ModelConnec
     let mut reasons = Vec::new();
     if rule.when.is_some() {
         reasons.push("when (time windows are judged in userspace)".to_owned());
+    }
+    if rule.quota.is_some_and(|q| q.unit == QuotaUnit::Tokens) {
+        // The kernel meters calls at connect; tokens are charged from responses, later.
+        reasons.push("quota in tokens (charged from the responses' usage)".to_owned());
     }
     if let Some(pred) = &rule.pred {
         connect_time_fields(pred, &mut reasons);

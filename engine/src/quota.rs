@@ -2,6 +2,12 @@
 //!
 //! A bucket holds `limit` tokens and refills continuously at `limit` per `per`. Levels are kept in
 //! integer units of 1/`per_nanos` token, so refill is exact and replays give identical results.
+//!
+//! A quota counts either events (`unit: calls`: each event takes one token) or model tokens
+//! (`unit: tokens`: an event takes nothing, the usage a provider reports afterwards is charged
+//! with [`RuleSet::charge_usage`]). A tokens bucket may go into debt, at most one full bucket
+//! (`-limit`), so one large response is paid for without locking its caller out for more than
+//! one period.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,23 +76,72 @@ impl fmt::Display for QuotaBy {
     }
 }
 
+/// What a quota counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaUnit {
+    /// Events: each event that passes `match` and `when` takes one token.
+    #[default]
+    Calls,
+    /// Model tokens (model_call rules only): the calls take nothing; the usage their responses
+    /// report is charged afterwards.
+    Tokens,
+}
+
+impl QuotaUnit {
+    pub const ALL: [QuotaUnit; 2] = [QuotaUnit::Calls, QuotaUnit::Tokens];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaUnit::Calls => "calls",
+            QuotaUnit::Tokens => "tokens",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<QuotaUnit> {
+        QuotaUnit::ALL.into_iter().find(|u| u.name() == name)
+    }
+}
+
+impl fmt::Display for QuotaUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A rule's `quota`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct QuotaSpec {
-    /// Events allowed per period (≥ 1).
+    /// Events (or tokens) allowed per period (≥ 1).
     pub limit: u64,
     /// The period, in seconds (≥ 1).
     pub per_secs: u64,
     pub by: QuotaBy,
+    pub unit: QuotaUnit,
 }
 
 impl QuotaSpec {
-    fn per_nanos(&self) -> u128 {
-        u128::from(self.per_secs) * 1_000_000_000
+    fn per_nanos(&self) -> i128 {
+        i128::from(self.per_secs) * 1_000_000_000
     }
 
-    fn capacity(&self) -> u128 {
-        u128::from(self.limit) * self.per_nanos()
+    fn capacity(&self) -> i128 {
+        i128::from(self.limit) * self.per_nanos()
+    }
+
+    /// The state of a bucket at `level` (tokens × per_nanos).
+    fn state(&self, key: String, level: i128) -> QuotaState {
+        let per = self.per_nanos();
+        QuotaState {
+            key,
+            remaining: u64::try_from(level.max(0) / per).unwrap_or(u64::MAX),
+            // Whole tokens owed, rounded up: a bucket 0.5 tokens short still owes one.
+            debt: u64::try_from(((-level).max(0) + per - 1) / per).unwrap_or(u64::MAX),
+            limit: self.limit,
+            per_secs: self.per_secs,
+            by: self.by,
+            unit: self.unit,
+        }
     }
 }
 
@@ -97,15 +152,23 @@ pub struct QuotaState {
     pub key: String,
     /// Whole tokens left after this event (0 when the rule fired).
     pub remaining: u64,
+    /// Whole tokens a tokens quota's bucket is overspent by (0 for calls quotas).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub debt: u64,
     pub limit: u64,
     pub per_secs: u64,
     pub by: QuotaBy,
+    pub unit: QuotaUnit,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    /// Tokens × per_nanos.
-    level: u128,
+    /// Tokens × per_nanos; negative when a tokens quota is in debt.
+    level: i128,
     /// Event time of the last refill, in nanoseconds.
     last: i64,
 }
@@ -119,9 +182,9 @@ struct RuleBuckets {
 /// Outcome of one event against a quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Take {
-    /// A token was taken: the rule does not fire.
+    /// A token was taken (a tokens quota: at least one token was left): the rule does not fire.
     Passed,
-    /// The bucket was empty: the rule fires.
+    /// The bucket was empty (a tokens quota: overspent): the rule fires.
     Exhausted(QuotaState),
 }
 
@@ -183,13 +246,49 @@ impl QuotaLedger {
         let rule = self.rules.get(rule_id)?;
         let bucket = rule.buckets.get(key)?;
         let level = refilled(bucket, &rule.spec, now.as_nanos());
-        Some((level / rule.spec.per_nanos()) as u64)
+        Some(rule.spec.state(String::new(), level).remaining)
     }
 
+    /// Judges one event against a quota. A calls quota takes a token; a tokens quota takes
+    /// nothing and only tells whether the bucket still holds a whole token.
     pub(crate) fn take(&mut self, rule_id: &Arc<str>, spec: &QuotaSpec, event: &Event) -> Take {
+        let (key, bucket) = self.bucket(rule_id, spec, event);
+        let per = spec.per_nanos();
+        if bucket.level < per {
+            let level = bucket.level;
+            return Take::Exhausted(spec.state(key, level));
+        }
+        if spec.unit == QuotaUnit::Calls {
+            bucket.level -= per;
+        }
+        Take::Passed
+    }
+
+    /// Charges `tokens` to the bucket of a tokens quota; the bucket may go into debt, down to
+    /// `-limit`. Returns the state after the charge.
+    pub(crate) fn charge(
+        &mut self,
+        rule_id: &Arc<str>,
+        spec: &QuotaSpec,
+        event: &Event,
+        tokens: u64,
+    ) -> QuotaState {
+        let (key, bucket) = self.bucket(rule_id, spec, event);
+        let cost = i128::from(tokens).saturating_mul(spec.per_nanos());
+        bucket.level = bucket.level.saturating_sub(cost).max(-spec.capacity());
+        let level = bucket.level;
+        spec.state(key, level)
+    }
+
+    /// The event's bucket of a rule, created full and refilled to the event's time.
+    fn bucket(
+        &mut self,
+        rule_id: &Arc<str>,
+        spec: &QuotaSpec,
+        event: &Event,
+    ) -> (String, &mut Bucket) {
         let now = event.time.as_nanos();
         let key = spec.by.key(event);
-        let per = spec.per_nanos();
         let exists = self
             .rules
             .get(rule_id)
@@ -219,18 +318,7 @@ impl QuotaLedger {
         });
         bucket.level = refilled(bucket, spec, now);
         bucket.last = bucket.last.max(now);
-        if bucket.level >= per {
-            bucket.level -= per;
-            Take::Passed
-        } else {
-            Take::Exhausted(QuotaState {
-                key,
-                remaining: (bucket.level / per) as u64,
-                limit: spec.limit,
-                per_secs: spec.per_secs,
-                by: spec.by,
-            })
-        }
+        (key, bucket)
     }
 
     fn evict(&mut self, now: i64) {
@@ -267,9 +355,9 @@ impl QuotaLedger {
     }
 }
 
-fn refilled(bucket: &Bucket, spec: &QuotaSpec, now: i64) -> u128 {
-    let elapsed = u128::try_from(now.saturating_sub(bucket.last)).unwrap_or(0);
-    let refill = elapsed.saturating_mul(u128::from(spec.limit));
+fn refilled(bucket: &Bucket, spec: &QuotaSpec, now: i64) -> i128 {
+    let elapsed = i128::from(now.saturating_sub(bucket.last)).max(0);
+    let refill = elapsed.saturating_mul(i128::from(spec.limit));
     bucket.level.saturating_add(refill).min(spec.capacity())
 }
 
@@ -289,6 +377,7 @@ mod tests {
         limit: 3,
         per_secs: 3600,
         by: QuotaBy::Caller,
+        unit: QuotaUnit::Calls,
     };
 
     #[test]

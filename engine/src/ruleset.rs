@@ -10,7 +10,7 @@ use crate::LoadErrors;
 use crate::compile::{self, Source};
 use crate::index::KindIndex;
 use crate::predicate::{EventView, Pred};
-use crate::quota::{QuotaLedger, QuotaSpec, QuotaState, Take};
+use crate::quota::{QuotaLedger, QuotaSpec, QuotaState, QuotaUnit, Take};
 use crate::when::When;
 
 /// How serious a rule's finding is.
@@ -199,6 +199,15 @@ pub struct Fired {
     pub quota: Option<QuotaState>,
 }
 
+/// One tokens quota charged with a model call's usage (see [`RuleSet::charge_usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageCharge {
+    #[serde(rename = "rule")]
+    pub rule_id: String,
+    /// The bucket after the charge.
+    pub quota: QuotaState,
+}
+
 /// The outcome of one event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -362,24 +371,7 @@ impl RuleSet {
     ) -> Option<Fired> {
         let rule = &self.rules[i as usize];
         let event = view.event;
-        if rule.agents.is_some() {
-            let a = agent_index?;
-            if rule
-                .agent_bits
-                .get(a / 64)
-                .is_none_or(|w| w & (1 << (a % 64)) == 0)
-            {
-                return None;
-            }
-        }
-        if let Some(when) = &rule.when
-            && !when.applies(event.time)
-        {
-            return None;
-        }
-        if let Some(pred) = &rule.pred
-            && !pred.eval(view, ctx.baseline)
-        {
+        if !self.applies(rule, agent_index, view, ctx.baseline) {
             return None;
         }
         let decided = ctx.decided_quotas.and_then(|decided| decided(&rule.id));
@@ -403,6 +395,67 @@ impl RuleSet {
             capture: rule.capture_for(event.kind()),
             quota,
         })
+    }
+
+    /// Whether `rule` judges the event of `view`: its agents, `when` and `match`.
+    fn applies(
+        &self,
+        rule: &Rule,
+        agent_index: Option<usize>,
+        view: &mut EventView<'_>,
+        baseline: &dyn BaselineView,
+    ) -> bool {
+        if rule.agents.is_some() {
+            let Some(a) = agent_index else {
+                return false;
+            };
+            if rule
+                .agent_bits
+                .get(a / 64)
+                .is_none_or(|w| w & (1 << (a % 64)) == 0)
+            {
+                return false;
+            }
+        }
+        if let Some(when) = &rule.when
+            && !when.applies(view.event.time)
+        {
+            return false;
+        }
+        rule.pred
+            .as_ref()
+            .is_none_or(|pred| pred.eval(view, baseline))
+    }
+
+    /// Charges the model tokens a call used to every `unit: tokens` quota whose rule applies to
+    /// the call's event (the same agents, `when` and `match` as [`RuleSet::evaluate`]; the
+    /// event's time is when the usage became known). Buckets may go into debt, down to one full
+    /// bucket. Returns the charged quotas in set order; nothing for events of non-agents.
+    pub fn charge_usage(
+        &self,
+        event: &Event,
+        tokens: u64,
+        ctx: &mut EvalContext<'_>,
+    ) -> Vec<UsageCharge> {
+        let Some(agent) = event.agent() else {
+            return Vec::new();
+        };
+        let agent_index = self.agent_table.iter().position(|a| a == agent);
+        let mut view = EventView::new(event);
+        let mut charged = Vec::new();
+        self.by_kind[event.kind().index()].for_each_candidate(event, |i| {
+            let rule = &self.rules[i as usize];
+            let Some(spec) = rule.quota.filter(|q| q.unit == QuotaUnit::Tokens) else {
+                return;
+            };
+            if self.applies(rule, agent_index, &mut view, ctx.baseline) {
+                charged.push(UsageCharge {
+                    rule_id: rule.id.to_string(),
+                    quota: ctx.quotas.charge(&rule.id, &spec, event, tokens),
+                });
+            }
+        });
+        charged
     }
 
     /// [`RuleSet::evaluate`] without the index: every rule of the kind is judged. The index must

@@ -1,5 +1,5 @@
-//! What differs between provider APIs: where the model is named, how errors look, where token
-//! usage is reported.
+//! What differs between provider APIs: where the model is named, how errors look. (Where token
+//! usage is reported: [`crate::usage`].)
 
 use serde_json::{Value, json};
 
@@ -128,104 +128,6 @@ pub fn error_body(api: ApiStyle, refusal: Refusal, message: &str) -> Value {
     }
 }
 
-/// Token counts a response reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input: u64,
-    pub output: u64,
-}
-
-impl Usage {
-    /// Adds what one JSON object (a whole response or one SSE event) reports: OpenAI's
-    /// `usage.prompt_tokens/completion_tokens`, Anthropic's `usage.input_tokens/output_tokens`
-    /// (also inside `message` of `message_start`), Ollama's `prompt_eval_count/eval_count`,
-    /// Google's `usageMetadata`. Anthropic streams repeat cumulative output counts: the largest
-    /// value seen wins.
-    pub fn absorb(&mut self, v: &Value) {
-        let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
-        let mut take = |input: Option<u64>, output: Option<u64>| {
-            if let Some(i) = input {
-                self.input = self.input.max(i);
-            }
-            if let Some(o) = output {
-                self.output = self.output.max(o);
-            }
-        };
-        for usage in [
-            v.get("usage"),
-            v.get("message").and_then(|m| m.get("usage")),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            take(
-                num(usage, "prompt_tokens").or_else(|| num(usage, "input_tokens")),
-                num(usage, "completion_tokens").or_else(|| num(usage, "output_tokens")),
-            );
-        }
-        take(num(v, "prompt_eval_count"), num(v, "eval_count"));
-        if let Some(m) = v.get("usageMetadata") {
-            take(num(m, "promptTokenCount"), num(m, "candidatesTokenCount"));
-        }
-    }
-}
-
-/// Collects usage from a response body as it streams by: a JSON body is parsed at the end; an
-/// event stream line by line (`data: {…}`). Bounded: at most `LIMIT` bytes are kept.
-#[derive(Debug, Default)]
-pub struct UsageTap {
-    buf: Vec<u8>,
-    sse: bool,
-    overflow: bool,
-    pub usage: Usage,
-}
-
-const LIMIT: usize = 1 << 20;
-
-impl UsageTap {
-    pub fn new(event_stream: bool) -> UsageTap {
-        UsageTap {
-            sse: event_stream,
-            ..UsageTap::default()
-        }
-    }
-
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.overflow {
-            return;
-        }
-        self.buf.extend_from_slice(bytes);
-        if self.sse {
-            while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=nl).collect();
-                let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if let Some(data) = line.strip_prefix(b"data:")
-                    && let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii())
-                {
-                    self.usage.absorb(&v);
-                }
-            }
-        }
-        if self.buf.len() > LIMIT {
-            self.overflow = true;
-            self.buf = Vec::new();
-        }
-    }
-
-    pub fn finish(mut self) -> Usage {
-        if !self.sse && !self.overflow {
-            // Ollama streams newline-delimited JSON objects; one JSON body is the single case.
-            for line in self.buf.split(|&b| b == b'\n') {
-                if let Ok(v) = serde_json::from_slice::<Value>(line.trim_ascii()) {
-                    self.usage.absorb(&v);
-                }
-            }
-        }
-        self.usage
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,30 +187,5 @@ mod tests {
         let g = error_body(ApiStyle::Google, Refusal::Forbidden, "no");
         assert_eq!(g["error"]["status"], "PERMISSION_DENIED");
         assert_eq!(g["error"]["code"], 403);
-    }
-
-    #[test]
-    fn usage_from_bodies_and_streams() {
-        let mut tap = UsageTap::new(false);
-        tap.feed(br#"{"usage":{"prompt_tokens":12,"#);
-        tap.feed(br#""completion_tokens":5}}"#);
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                input: 12,
-                output: 5
-            }
-        );
-        let mut tap = UsageTap::new(true);
-        tap.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
-        tap.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_to");
-        tap.feed(b"kens\":7}}\r\n\r\ndata: [DONE]\n\n");
-        assert_eq!(
-            tap.finish(),
-            Usage {
-                input: 9,
-                output: 7
-            }
-        );
     }
 }

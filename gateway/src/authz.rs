@@ -96,6 +96,16 @@ pub fn ask(
     request: &ModelCallRequest<'_>,
     timeout: Duration,
 ) -> Result<Decision, AuthzError> {
+    serde_json::from_value(send(control, request, timeout)?)
+        .map_err(|e| AuthzError::BadAnswer(e.to_string()))
+}
+
+/// Sends one control request and returns the `result` of a successful answer.
+pub fn send(
+    control: &Path,
+    request: &impl Serialize,
+    timeout: Duration,
+) -> Result<serde_json::Value, AuthzError> {
     let mut stream = UnixStream::connect(control).map_err(|source| AuthzError::Connect {
         path: control.display().to_string(),
         source,
@@ -115,8 +125,7 @@ pub fn ask(
             envelope.error.unwrap_or_else(|| "no reason given".into()),
         ));
     }
-    serde_json::from_value(envelope.result.unwrap_or_default())
-        .map_err(|e| AuthzError::BadAnswer(e.to_string()))
+    Ok(envelope.result.unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod peer;
 mod providers;
 mod server;
 mod upstream;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::{self, Refusal, UsageTap};
+use crate::api::{self, Refusal};
 use crate::authz::{self, Decision, ModelCallRequest, Verdict};
 use crate::config::{Config, Listen};
 use crate::http::{self, Conn, Framing, HttpError, Request, ResponseHead};
 use crate::peer::{self, Caller, PeerError};
 use crate::providers::{ApiStyle, Provider, Resolver};
 use crate::upstream::{self, UpstreamError, Upstreams};
+use crate::usage::{BodyFormat, UsageReport, UsageReporter, UsageScanner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -75,6 +76,7 @@ pub struct Gateway {
     config: Config,
     upstreams: Upstreams,
     active: AtomicUsize,
+    usage: UsageReporter,
 }
 
 /// Resolves the providers' names, binds every listener and serves until killed.
@@ -131,10 +133,12 @@ fn start(config: Config) -> Result<Gateway, ServeError> {
     std::thread::spawn(move || keep_resolved(refresher));
     let tls = upstream::tls_config(s.system_roots, s.ca_file.as_deref())?;
     let upstreams = Upstreams::new(tls, resolver, config.upstream_timeout());
+    let usage = UsageReporter::start(config.control_socket.clone(), config.decision_timeout());
     Ok(Gateway {
         config,
         upstreams,
         active: AtomicUsize::new(0),
+        usage,
     })
 }
 
@@ -395,7 +399,7 @@ impl Gateway {
         };
         let target = if rest.is_empty() { "/" } else { rest };
         self.forward(
-            conn, &req, target, &body, provider, keep_alive, &log, verdict,
+            conn, &req, target, &body, provider, keep_alive, &log, verdict, &decision,
         )
     }
 
@@ -410,6 +414,7 @@ impl Gateway {
         keep_alive: bool,
         log: &CallLog<'_>,
         verdict: &str,
+        decision: &Decision,
     ) -> Result<bool, HttpError> {
         // A pooled connection the provider closed meanwhile fails at once: retry on a new one.
         let mut fresh = false;
@@ -463,11 +468,31 @@ impl Gateway {
         };
         // The head goes out as the provider wrote it; the body follows as it arrives.
         conn.stream.write_all(&head)?;
-        let mut tap = UsageTap::new(parsed.event_stream);
+        let mut scanner = UsageScanner::new(if parsed.event_stream {
+            BodyFormat::EventStream
+        } else {
+            BodyFormat::Json
+        });
         let relayed = up
             .stream
-            .relay_body(parsed.framing, &mut conn.stream, &mut |b| tap.feed(b));
-        let usage = tap.finish();
+            .relay_body(parsed.framing, &mut conn.stream, &mut |b| scanner.feed(b));
+        let usage = scanner.finish();
+        // Successful calls are always reported, usage unknown included; errors when they cost.
+        if (200..300).contains(&parsed.status) || usage.is_known() {
+            self.usage.report(UsageReport {
+                cmd: "model_usage",
+                pid: log.caller.map_or(0, |c| c.pid),
+                provider: provider.name.clone(),
+                model: log.model.map(str::to_owned),
+                api: provider.api.name(),
+                dest: Some(up.dest.clone()),
+                input_tokens: usage.input,
+                output_tokens: usage.output,
+                agent: decision.agent.clone(),
+                caller: decision.caller.clone(),
+            });
+        }
+        let count = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
         let reusable = match relayed {
             Ok(r) => r,
             Err(e) => {
@@ -477,7 +502,10 @@ impl Gateway {
         };
         log.line(&format!(
             "{verdict} {} via {} tokens in={} out={}",
-            parsed.status, up.dest, usage.input, usage.output
+            parsed.status,
+            up.dest,
+            count(usage.input),
+            count(usage.output)
         ));
         if reusable && !parsed.closes {
             up.reused = false;

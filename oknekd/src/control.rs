@@ -45,6 +45,46 @@ pub enum Request {
     },
     /// Authorise a model call before it is made (the model gateway asks).
     ModelCall(ModelCallRequest),
+    /// Charge the tokens a model call's response reported to the caller's token budgets.
+    ModelUsage(ModelUsageRequest),
+}
+
+/// `{"cmd":"model_usage","pid":4242,"provider":"openai","model":"gpt-4o-mini","api":"openai",
+/// "dest":"127.0.0.1:8080","input_tokens":12,"output_tokens":30}` →
+/// `{"tokens":42,"charged":[{"rule","quota"}]}`. Sent by the model gateway after a response
+/// completed. Both token counts absent: the response reported no usage (recorded as unknown,
+/// nothing charged). `agent` and `caller` echo the daemon's answer to the call's `model_call`,
+/// so usage is charged to the caller that was judged even when its process has exited since.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelUsageRequest {
+    pub pid: u32,
+    pub provider: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub api: Option<String>,
+    #[serde(default)]
+    pub dest: Option<String>,
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub caller: Option<CallerEcho>,
+}
+
+/// The `caller` of a `model_call` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CallerEcho {
+    pub uid: u32,
+    pub exe: String,
+    #[serde(default)]
+    pub exe_sha256: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
 }
 
 /// `{"cmd":"model_call","pid":4242,"provider":"openai","model":"gpt-4o-mini","api":"openai",

@@ -82,8 +82,8 @@ pub type Armed = BTreeMap<&'static str, bool>;
 
 pub struct Judge {
     rules: Arc<RuleSet>,
-    quotas: QuotaLedger,
-    store: Store,
+    pub(crate) quotas: QuotaLedger,
+    pub(crate) store: Store,
     pub agents: Agents,
     holds: HashMap<u32, Hold>,
     quarantined: HashSet<String>,
@@ -374,9 +374,11 @@ impl Judge {
             Some(Some(oknek_engine::QuotaState {
                 key: spec.by.key(&call),
                 remaining: 0,
+                debt: 0,
                 limit: spec.limit,
                 per_secs: spec.per_secs,
                 by: spec.by,
+                unit: spec.unit,
             }))
         };
         let (verdict, fired) = self.decide_full_with(&call, enforced, Some(&decided));
@@ -609,7 +611,7 @@ impl Judge {
 
     /// The time model calls are judged at; tests pin it (`OKNEK_TEST_CLOCK`, unix seconds, in
     /// the daemon's environment) to judge time windows deterministically.
-    fn clock_now(&self) -> Timestamp {
+    pub(crate) fn clock_now(&self) -> Timestamp {
         self.fixed_clock.unwrap_or_else(Timestamp::now)
     }
 
@@ -670,7 +672,7 @@ impl Judge {
 
     /// A bundle for a decision no rule of the set made (operator actions, kernel gaps, …),
     /// capturing the kind's default fields.
-    fn record_outside_rules(
+    pub(crate) fn record_outside_rules(
         &mut self,
         event: &Event,
         rule_id: &str,
@@ -825,6 +827,7 @@ impl Judge {
                 }
             }
             Request::ModelCall(call) => self.model_call(call),
+            Request::ModelUsage(usage) => self.model_usage(usage),
             Request::Reload {} | Request::Doctor {} => Response::err("handled by the loop"),
         }
     }

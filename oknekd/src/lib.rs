@@ -22,4 +22,5 @@ pub mod procinfo;
 pub mod providers;
 pub mod sys;
 pub mod tiers;
+pub mod usage;
 pub mod weights;

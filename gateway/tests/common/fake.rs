@@ -206,9 +206,15 @@ fn openai(out: &mut impl Write, req: &Value, gap: Duration) -> std::io::Result<(
             events.push(format!("data: {chunk}\n\n"));
         }
         let last = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-            "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}});
+            "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
         events.push(format!("data: {last}\n\n"));
+        // Like the real API: usage only when the client asks, in one more chunk without choices.
+        if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+            let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                "model": model, "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}});
+            events.push(format!("data: {usage}\n\n"));
+        }
         events.push("data: [DONE]\n\n".into());
         return sse(out, &events, gap);
     }
