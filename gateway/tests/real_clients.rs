@@ -485,10 +485,15 @@ rules:
         1,
         "{events:#?}"
     );
-    assert_eq!(
-        decisions(&events, "oknek.model_call", "allow", "gpt-4o-mini").len(),
-        4
-    );
+    let allowed = decisions(&events, "oknek.model_call", "allow", "gpt-4o-mini");
+    assert_eq!(allowed.len(), 4);
+    // Every allow bundle carries the quota state after the call: 2, 1, 0 left, then 0 again
+    // after the one-token refill.
+    let left: Vec<u64> = allowed
+        .iter()
+        .filter_map(|e| e["bundle"]["extra"]["quotas"][0]["remaining"].as_u64())
+        .collect();
+    assert_eq!(left, [2, 1, 0, 0], "{allowed:#?}");
 }
 
 #[test]

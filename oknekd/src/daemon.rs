@@ -1019,9 +1019,14 @@ impl Daemon {
         self.record_ebpf(reported);
     }
 
-    fn record_ebpf(&mut self, reported: Vec<(oknek_event::Event, Option<String>)>) {
+    fn record_ebpf(&mut self, reported: Vec<crate::tiers::ebpf::Reported>) {
         let fanotify_armed = self.fanotify.is_some();
-        for (event, refused_by) in reported {
+        for crate::tiers::ebpf::Reported {
+            event,
+            refused_by,
+            quota,
+        } in reported
+        {
             if let Some(rule) = refused_by {
                 self.judge.record_kernel_refusal(&event, &rule);
                 continue;
@@ -1034,7 +1039,8 @@ impl Daemon {
             {
                 continue;
             }
-            self.judge.decide_observed(&event);
+            self.judge
+                .decide_observed_metered(&event, quota.as_ref().map(|(r, n)| (r.as_str(), *n)));
         }
     }
 

@@ -240,7 +240,7 @@ impl Judge {
             return verdict;
         }
         verdict
-            .max(self.judge_model_connect(event, true, None))
+            .max(self.judge_model_connect(event, true, None, None))
             .max(self.judge_weights(event, true))
     }
 
@@ -334,6 +334,7 @@ impl Judge {
         connect: &Event,
         enforced: bool,
         kernel: Option<Option<&str>>,
+        metered: Option<(&str, u32)>,
     ) -> Verdict {
         let Some((call, gateway_only)) = self.models.model_call(connect) else {
             return Verdict::Allow;
@@ -383,14 +384,40 @@ impl Judge {
         };
         let (verdict, fired) = self.decide_full_with(&call, enforced, Some(&decided));
         if fired.is_empty() {
-            self.record_synthetic(
-                &call,
-                MODEL_CALL_RULE,
-                Verdict::Allow,
-                "no rule fired: the call is allowed",
-            );
+            self.record_allowed_call(&call, metered);
         }
         verdict
+    }
+
+    /// The allow bundle of a model call no rule refused, with the state of the quotas that
+    /// metered it: the kernel's bucket (`metered`), or the daemon's own buckets.
+    fn record_allowed_call(&mut self, call: &Event, metered: Option<(&str, u32)>) {
+        let why = "no rule fired: the call is allowed";
+        let mut extra = serde_json::Map::new();
+        extra.insert("reason".to_owned(), why.into());
+        let mut quotas = Vec::new();
+        for rule in self.rules.rules() {
+            let Some(spec) = rule.quota() else { continue };
+            if !rule.kinds().contains(&oknek_event::Kind::ModelCall) {
+                continue;
+            }
+            let key = spec.by.key(call);
+            let remaining = match metered {
+                Some((id, left)) if id == rule.id() => Some(u64::from(left)),
+                _ if self.models.kernel_quotas.contains(rule.id()) => None,
+                _ => self.quotas.remaining(rule.id(), &key, call.time),
+            };
+            if let Some(remaining) = remaining {
+                quotas.push(json!({
+                    "rule": rule.id(), "key": key, "remaining": remaining,
+                    "limit": spec.limit, "per_secs": spec.per_secs, "by": spec.by,
+                }));
+            }
+        }
+        if !quotas.is_empty() {
+            extra.insert("quotas".to_owned(), quotas.into());
+        }
+        self.record_outside_rules(call, MODEL_CALL_RULE, why, Verdict::Allow, &extra);
     }
 
     /// Judges an event the kernel reports after letting it through (a tracepoint, or a hook
@@ -398,6 +425,16 @@ impl Judge {
     /// enforced, and a hold still stops the agent. `None` when a deciding tier already judged
     /// the same call.
     pub fn decide_observed(&mut self, event: &Event) -> Option<Verdict> {
+        self.decide_observed_metered(event, None)
+    }
+
+    /// [`Judge::decide_observed`] for a model call the kernel metered: `metered` is the quota
+    /// rule and the whole calls its bucket has left, recorded with the call.
+    pub fn decide_observed_metered(
+        &mut self,
+        event: &Event,
+        metered: Option<(&str, u32)>,
+    ) -> Option<Verdict> {
         if let Some(at) = self.recent.remove(&call_key(event))
             && at.elapsed() < RECENT_TTL
         {
@@ -409,7 +446,7 @@ impl Judge {
             matches!(event.source, Mechanism::BpfLsm | Mechanism::CgroupSockAddr).then_some(None);
         Some(
             verdict
-                .max(self.judge_model_connect(event, false, kernel))
+                .max(self.judge_model_connect(event, false, kernel, metered))
                 .max(self.judge_weights(event, false)),
         )
     }
@@ -425,7 +462,7 @@ impl Judge {
                 .rule(rule_id)
                 .is_some_and(|r| r.kinds().contains(&oknek_event::Kind::ModelCall));
         if model_rule && self.models.provider_of(event).is_some() {
-            if self.judge_model_connect(event, true, Some(Some(rule_id))) != Verdict::Block {
+            if self.judge_model_connect(event, true, Some(Some(rule_id)), None) != Verdict::Block {
                 self.record_synthetic(
                     event,
                     KERNEL_REFUSAL_RULE,
@@ -588,12 +625,12 @@ impl Judge {
             (Verdict::Allow, Vec::new())
         };
         if fired.is_empty() {
-            let why = if event.agent().is_some() {
-                "no rule fired: the call is allowed"
+            if event.agent().is_some() {
+                self.record_allowed_call(&event, None);
             } else {
-                "the caller is not an agent: rules do not apply"
-            };
-            self.record_synthetic(&event, MODEL_CALL_RULE, Verdict::Allow, why);
+                let why = "the caller is not an agent: rules do not apply";
+                self.record_synthetic(&event, MODEL_CALL_RULE, Verdict::Allow, why);
+            }
         }
         Response::ok(json!({
             "verdict": verdict.name(),

@@ -369,6 +369,13 @@ fn model_calls_at_connect_are_metered_and_refused_in_the_kernel() {
         3,
         "{allowed:?}"
     );
+    // Each allowed call carries its bucket as the kernel left it.
+    let mut left: Vec<u64> = model_calls(&events, "oknek.model_call", "allow", "ollama")
+        .iter()
+        .filter_map(|e| e["bundle"]["extra"]["quotas"][0]["remaining"].as_u64())
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, [0, 0, 1], "{allowed:?}");
     let q = &model_calls(&events, "T.quota", "block", "ollama")[0]["bundle"];
     assert_eq!(mechanism(&quota[0]), "cgroup_sock_addr");
     assert_eq!(q["extra"]["quota"]["remaining"], 0, "quota state: {q}");

@@ -100,6 +100,15 @@ pub struct RuleCoverage {
     pub userspace: Vec<String>,
 }
 
+/// One event as the kernel reported it.
+pub struct Reported {
+    pub event: Event,
+    /// The rule the kernel refused it by.
+    pub refused_by: Option<String>,
+    /// A model call the kernel metered: the quota rule and the whole calls its bucket has left.
+    pub quota: Option<(String, u32)>,
+}
+
 pub struct EbpfTier {
     probes: Probes,
     pub start: Start,
@@ -512,7 +521,7 @@ impl EbpfTier {
         &mut self,
         identities: &mut procinfo::IdentityCache,
         now: Instant,
-    ) -> Vec<(Event, Option<String>)> {
+    ) -> Vec<Reported> {
         let mut batch = Vec::new();
         self.probes.drain(|ev| batch.push(ev));
         let mut out = Vec::with_capacity(batch.len());
@@ -522,6 +531,17 @@ impl EbpfTier {
                 oknek_bpf::layout::RULE_QUOTA_FULL => Some(QUOTA_FULL_RULE.to_owned()),
                 index => self.ids.rules.get(index as usize).cloned(),
             });
+            let quota = match &ev.detail {
+                Detail::Connect {
+                    quota: Some((rule, left)),
+                    ..
+                } => self
+                    .ids
+                    .rules
+                    .get(*rule as usize)
+                    .map(|id| (id.clone(), *left)),
+                _ => None,
+            };
             let event = self.to_event(&ev, identities);
             let kind = event.kind();
             if ev.blocked.is_some() {
@@ -532,13 +552,21 @@ impl EbpfTier {
                 {
                     self.pending.remove(i);
                 }
-                out.push((event, refused_by));
+                out.push(Reported {
+                    event,
+                    refused_by,
+                    quota,
+                });
             } else if matches!(kind, Kind::Open | Kind::Watch | Kind::Send)
                 && self.probes.enforcer(kind).is_some()
             {
                 self.pending.push_back((now, event));
             } else {
-                out.push((event, None));
+                out.push(Reported {
+                    event,
+                    refused_by: None,
+                    quota,
+                });
             }
         }
         out.extend(self.settled(now));
@@ -546,7 +574,7 @@ impl EbpfTier {
     }
 
     /// Observations that waited long enough for a refusal that did not come.
-    pub fn settled(&mut self, now: Instant) -> Vec<(Event, Option<String>)> {
+    pub fn settled(&mut self, now: Instant) -> Vec<Reported> {
         let mut out = Vec::new();
         while self
             .pending
@@ -554,7 +582,11 @@ impl EbpfTier {
             .is_some_and(|(at, _)| now.duration_since(*at) >= SETTLE)
         {
             if let Some((_, event)) = self.pending.pop_front() {
-                out.push((event, None));
+                out.push(Reported {
+                    event,
+                    refused_by: None,
+                    quota: None,
+                });
             }
         }
         out

@@ -88,6 +88,10 @@ pub struct NetBody {
     pub provider: u32,
     /// Network byte order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
+    /// A model call that took a quota token: its rule index; else [`NO_RULE`].
+    pub quota_rule: u32,
+    /// Whole calls left in that bucket after this one.
+    pub quota_left: u32,
 }
 
 #[repr(C)]
@@ -190,6 +194,8 @@ pub const PROVIDER_GATEWAY_ONLY: u32 = 1;
 pub const RULE_GATEWAY_ONLY: u32 = 0xffff_ff01;
 /// `rule_index` of a refusal because no quota bucket could be created (map full).
 pub const RULE_QUOTA_FULL: u32 = 0xffff_ff02;
+/// `quota_rule` of a model call no quota metered.
+pub const NO_RULE: u32 = u32::MAX;
 pub const QUOTA_BY_CALLER: u8 = 0;
 pub const QUOTA_BY_PROVIDER: u8 = 1;
 pub const QUOTA_BY_CALLER_PROVIDER: u8 = 2;
@@ -267,7 +273,8 @@ const _: () = assert!(offset_of!(Header, comm) == 48);
 const _: () = assert!(size_of::<ExecBody>() == 1304 && offset_of!(ExecBody, path) == 24);
 const _: () = assert!(offset_of!(ExecBody, argv) == 280);
 const _: () = assert!(size_of::<OpenBody>() == 280 && offset_of!(OpenBody, path) == 24);
-const _: () = assert!(size_of::<NetBody>() == 32 && offset_of!(NetBody, addr) == 16);
+const _: () = assert!(size_of::<NetBody>() == 40 && offset_of!(NetBody, addr) == 16);
+const _: () = assert!(offset_of!(NetBody, quota_rule) == 32);
 const _: () = assert!(size_of::<WatchBody>() == 272 && offset_of!(WatchBody, path) == 16);
 const _: () = assert!(size_of::<RawEvent>() == 1368 && offset_of!(RawEvent, body) == 64);
 const _: () = assert!(size_of::<InodeKey>() == 16);
@@ -353,7 +360,16 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let body = unsafe { raw.body.net };
             let dest = sock_addr(&body).ok_or(DecodeError::NoDestination(body.family))?;
             let provider = body.provider.checked_sub(1);
-            (Kind::Connect, Detail::Connect { dest, provider })
+            let quota = (provider.is_some() && body.quota_rule != NO_RULE)
+                .then_some((body.quota_rule, body.quota_left));
+            (
+                Kind::Connect,
+                Detail::Connect {
+                    dest,
+                    provider,
+                    quota,
+                },
+            )
         }
         KIND_SEND => {
             let body = unsafe { raw.body.net };

@@ -213,6 +213,8 @@ pub enum Detail {
         dest: oknek_event::SockAddr,
         /// The model provider (its id in the provider map) when the destination is one.
         provider: Option<u32>,
+        /// A quota that metered the model call: (rule index, whole calls left after it).
+        quota: Option<(u32, u32)>,
     },
     Send {
         dest: Option<oknek_event::SockAddr>,

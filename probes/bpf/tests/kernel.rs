@@ -687,7 +687,7 @@ fn model_call_to(events: &[KernelEvent], addr: SocketAddr, provider: u32) -> Vec
     events
         .iter()
         .filter(|e| {
-            matches!(&e.detail, Detail::Connect { dest, provider: Some(p) }
+            matches!(&e.detail, Detail::Connect { dest, provider: Some(p), .. }
                 if dest.to_string() == addr.to_string() && *p == provider)
         })
         .collect()
@@ -791,6 +791,16 @@ fn model_calls_are_metered_refused_and_refilled_in_connect() {
         "every model call is reported: {local_calls:?}"
     );
     assert_eq!(refused, [41, 41], "the quota rule refused twice");
+    // Each passed call says what its bucket has left: 1 after the first, 0 after the second.
+    let left: Vec<Option<(u32, u32)>> = local_calls
+        .iter()
+        .filter(|e| e.blocked.is_none())
+        .map(|e| match &e.detail {
+            Detail::Connect { quota, .. } => *quota,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left, [Some((41, 1)), Some((41, 0)), Some((41, 0))]);
     let cloud_refusal = model_call_to(&events, cloud, 1);
     assert_eq!(
         cloud_refusal[0].blocked.as_ref().map(|b| b.rule_index),

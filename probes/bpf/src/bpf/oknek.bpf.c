@@ -661,6 +661,8 @@ struct model_verdict {
 	__u32 refused;
 	__u32 rule_index;
 	__u32 held;
+	__u32 quota_rule; /* the first quota that metered the call, or OKNEK_NO_RULE */
+	__u32 quota_left;
 };
 
 static __always_inline int agent_in(__u64 agents, __u32 agent_id)
@@ -703,6 +705,7 @@ static __always_inline void model_check(const struct oknek_task *task, __u16 fam
 	} else {
 		return;
 	}
+	v->quota_rule = OKNEK_NO_RULE;
 	struct oknek_provider *p = bpf_map_lookup_elem(&providers, &pk);
 	if (!p)
 		return;
@@ -766,6 +769,12 @@ static __always_inline void model_check(const struct oknek_task *task, __u16 fam
 			return;
 		}
 		__sync_fetch_and_add(used, 1);
+		if (v->quota_rule == OKNEK_NO_RULE) {
+			v->quota_rule = q->rule_index;
+			__u64 calls = *credit / OKNEK_QUOTA_UNIT;
+			__u64 taken = *used;
+			v->quota_left = calls > taken ? (__u32)(calls - taken) : 0;
+		}
 	}
 }
 
@@ -789,6 +798,8 @@ static __always_inline void emit_net(__u32 kind, __u32 agent_id, __u32 hook,
 	}
 	__builtin_memset(&e->net, 0, sizeof(e->net));
 	e->net.provider = model ? model->provider : 0;
+	e->net.quota_rule = model ? model->quota_rule : OKNEK_NO_RULE;
+	e->net.quota_left = model ? model->quota_left : 0;
 	e->net.family = family;
 	e->net.port = port;
 	e->net.bytes = bytes;

@@ -69,6 +69,8 @@ struct oknek_net {
 	__u16 port;   /* host byte order */
 	__u32 provider; /* connect: model provider id + 1 when the destination is one, else 0 */
 	__u8 addr[16]; /* network byte order; IPv4 in the first 4 bytes */
+	__u32 quota_rule; /* a model call that took a quota token: its rule; else OKNEK_NO_RULE */
+	__u32 quota_left; /* whole calls left in that bucket after this one */
 };
 
 struct oknek_watch {
@@ -133,6 +135,8 @@ struct oknek_net_key {
 #define OKNEK_PROVIDER_GATEWAY_ONLY 1u
 /* rule_index of a refusal because the provider is reachable through the gateway only. */
 #define OKNEK_RULE_GATEWAY_ONLY 0xffffff01u
+/* quota_rule of a model call no quota metered. */
+#define OKNEK_NO_RULE 0xffffffffu
 /* rule_index of a refusal because a quota bucket could not be created (map full). */
 #define OKNEK_RULE_QUOTA_FULL 0xffffff02u
 
@@ -202,7 +206,8 @@ _Static_assert(__builtin_offsetof(struct oknek_exec, path) == 24, "exec path off
 _Static_assert(__builtin_offsetof(struct oknek_exec, argv) == 280, "exec argv offset");
 _Static_assert(sizeof(struct oknek_open) == 280, "open size");
 _Static_assert(__builtin_offsetof(struct oknek_open, path) == 24, "open path offset");
-_Static_assert(sizeof(struct oknek_net) == 32, "net size");
+_Static_assert(sizeof(struct oknek_net) == 40, "net size");
+_Static_assert(__builtin_offsetof(struct oknek_net, quota_rule) == 32, "net quota offset");
 _Static_assert(__builtin_offsetof(struct oknek_net, addr) == 16, "net addr offset");
 _Static_assert(sizeof(struct oknek_watch) == 272, "watch size");
 _Static_assert(__builtin_offsetof(struct oknek_watch, path) == 16, "watch path offset");
