@@ -152,6 +152,21 @@ pub enum SockAddr {
     Unix { path: String },
 }
 
+impl From<std::net::SocketAddr> for SockAddr {
+    fn from(addr: std::net::SocketAddr) -> SockAddr {
+        match addr {
+            std::net::SocketAddr::V4(v4) => SockAddr::Inet {
+                addr: *v4.ip(),
+                port: v4.port(),
+            },
+            std::net::SocketAddr::V6(v6) => SockAddr::Inet6 {
+                addr: *v6.ip(),
+                port: v6.port(),
+            },
+        }
+    }
+}
+
 impl SockAddr {
     /// Parses a raw Linux `struct sockaddr` (as passed to connect(2)): AF_INET, AF_INET6 and
     /// AF_UNIX; `None` for other families and short buffers. Abstract unix names are written

@@ -597,16 +597,7 @@ impl Judge {
             .dest
             .as_deref()
             .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
-            .map(|a| match a {
-                std::net::SocketAddr::V4(v4) => SockAddr::Inet {
-                    addr: *v4.ip(),
-                    port: v4.port(),
-                },
-                std::net::SocketAddr::V6(v6) => SockAddr::Inet6 {
-                    addr: *v6.ip(),
-                    port: v6.port(),
-                },
-            });
+            .map(SockAddr::from);
         let event = Event {
             time: self.clock_now(),
             source: Mechanism::Gateway,

@@ -1012,14 +1012,14 @@ impl AddressBook {
         for p in providers.iter() {
             for e in &p.endpoints {
                 let addrs: Vec<SockAddr> = match e {
-                    Endpoint::Addr(a) => vec![sock_addr(*a)],
+                    Endpoint::Addr(a) => vec![SockAddr::from(*a)],
                     Endpoint::Unix(path) => vec![SockAddr::Unix {
                         path: path.to_string_lossy().into_owned(),
                     }],
                     Endpoint::Host { host, port } => resolver
                         .addresses(host)
                         .into_iter()
-                        .map(|ip| sock_addr(SocketAddr::new(ip, *port)))
+                        .map(|ip| SockAddr::from(SocketAddr::new(ip, *port)))
                         .collect(),
                 };
                 for a in addrs {
@@ -1064,19 +1064,6 @@ impl AddressBook {
 
     pub fn is_empty(&self) -> bool {
         self.by_addr.is_empty()
-    }
-}
-
-fn sock_addr(a: SocketAddr) -> SockAddr {
-    match a {
-        SocketAddr::V4(v4) => SockAddr::Inet {
-            addr: *v4.ip(),
-            port: v4.port(),
-        },
-        SocketAddr::V6(v6) => SockAddr::Inet6 {
-            addr: *v6.ip(),
-            port: v6.port(),
-        },
     }
 }
 

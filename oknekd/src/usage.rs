@@ -125,14 +125,7 @@ fn echoed(pid: u32, caller: &CallerEcho, agent: Option<String>) -> Process {
 }
 
 fn sock_addr(dest: &str) -> Option<SockAddr> {
-    Some(match dest.parse::<std::net::SocketAddr>().ok()? {
-        std::net::SocketAddr::V4(v4) => SockAddr::Inet {
-            addr: *v4.ip(),
-            port: v4.port(),
-        },
-        std::net::SocketAddr::V6(v6) => SockAddr::Inet6 {
-            addr: *v6.ip(),
-            port: v6.port(),
-        },
-    })
+    dest.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(SockAddr::from)
 }

@@ -52,17 +52,9 @@ fn listener() -> u16 {
     port
 }
 
-/// bash's /dev/tcp: the connect's outcome as bash reports it.
+/// bash's /dev/tcp to 127.0.0.1: the connect's outcome as bash reports it.
 fn connect_as(uid: u32, port: u16) -> Output {
-    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
-    let mut cmd = if uid == 0 {
-        let mut c = Command::new("bash");
-        c.args(["-c", &script]);
-        c
-    } else {
-        as_user(uid, uid, "bash", &[os("-c"), os(&script)])
-    };
-    run(&mut cmd, CHILD_TIMEOUT)
+    connect_to(uid, "127.0.0.1", port)
 }
 
 fn assert_connect_refused(what: &str, o: &Output) {
@@ -446,6 +438,7 @@ fn listener_on(ip: &str, port: u16) -> TcpListener {
     l
 }
 
+/// bash's /dev/tcp to `ip`: the connect's outcome as bash reports it.
 fn connect_to(uid: u32, ip: &str, port: u16) -> Output {
     let script = format!("exec 3<>/dev/tcp/{ip}/{port} && echo connected");
     let mut cmd = if uid == 0 {

@@ -389,15 +389,9 @@ impl EbpfTier {
         }
         self.save_ids()?;
         let refusals = self.probes.set_rules(&rules)?;
-        for refusal in refusals {
-            let id = self
-                .ids
-                .rules
-                .get(refusal.rule_index as usize)
-                .cloned()
-                .unwrap_or_default();
+        for (id, reason) in self.refused_rules(refusals) {
             if let Some(cov) = coverage.iter_mut().find(|c| c.rule == id) {
-                cov.userspace.push(refusal.reason.clone());
+                cov.userspace.push(reason);
             }
         }
         self.protected = protected;
@@ -474,20 +468,25 @@ impl EbpfTier {
         }
         self.save_ids()?;
         let refusals = self.probes.set_models(&entries, &rules)?;
-        for refusal in refusals {
-            let id = self
-                .ids
-                .rules
-                .get(refusal.rule_index as usize)
-                .cloned()
-                .unwrap_or_default();
+        for (id, reason) in self.refused_rules(refusals) {
             metered.remove(&id);
             if let Some(cov) = self.coverage.iter_mut().rev().find(|c| c.rule == id) {
-                cov.userspace.push(refusal.reason.clone());
+                cov.userspace.push(reason);
             }
         }
         self.quota_rates = rates;
         Ok(metered)
+    }
+
+    /// The rule ids and reasons of what the kernel could not hold.
+    fn refused_rules(&self, refusals: Vec<oknek_bpf::RuleRefusal>) -> Vec<(String, String)> {
+        refusals
+            .into_iter()
+            .map(|r| {
+                let id = self.ids.rules.get(r.rule_index as usize).cloned();
+                (id.unwrap_or_default(), r.reason)
+            })
+            .collect()
     }
 
     /// Refills the kernel's quota buckets for the time since the last refill (once a second).
