@@ -6,12 +6,37 @@
 # Both are signed with the same throw-away key; artifacts, SHA256SUMS and signatures must be
 # identical. Slow (two clean release builds). Exit 0 only when everything matches.
 #
-#   scripts/repro-test.sh [--keep]
+#   scripts/repro-test.sh [--keep] [--release-out DIR]
+#
+# --keep keeps the temporary directory; --release-out DIR copies build A's release (unsigned:
+# SHA256SUMS, tarballs, install.sh) to DIR for later tests. Without the musl target or musl-gcc
+# it prints "skipped: REASON" (exit 0), or fails under CI=true, where .ci/run installs both.
 set -euo pipefail
 
 src_dir=$(cd "$(dirname "$0")/.." && pwd -P)
 keep=false
-[ "${1:-}" = --keep ] && keep=true
+release_out=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --keep) keep=true; shift ;;
+        --release-out) release_out=${2:?--release-out needs a directory}; shift 2 ;;
+        *) echo "repro-test: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+skip() {
+    if [ "${CI:-}" = true ]; then
+        echo "repro-test: cannot run under CI: $*" >&2
+        exit 1
+    fi
+    echo "skipped: $*"
+    exit 0
+}
+command -v musl-gcc >/dev/null || skip "musl-gcc is missing (apt install musl-tools)"
+if command -v rustup >/dev/null &&
+    ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    skip "the x86_64-unknown-linux-musl target is missing (rustup target add x86_64-unknown-linux-musl)"
+fi
 
 export LC_ALL=C
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
@@ -42,6 +67,10 @@ mkdir -p "$tree_a"
 
 echo "==> build A in $tree_a"
 CARGO_TARGET_DIR=$work/a/target "$tree_a/scripts/dist.sh" --out "$work/a/out"
+if [ -n "$release_out" ]; then
+    mkdir -p "$release_out"
+    cp "$work"/a/out/* "$release_out/"
+fi
 
 # A throw-away signing key, made by the freshly built oknek.
 oknek_a=$work/a/target/x86_64-unknown-linux-musl/release/oknek
