@@ -12,14 +12,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::AgentSpec;
+use crate::filehash::{FileVersion, sha256_hex};
 use crate::procinfo;
 
 /// How far up the process tree membership is looked for.
@@ -45,14 +43,6 @@ impl ProcKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    mtime_ns: i128,
-    size: u64,
-}
-
 /// Agent membership with caches.
 #[derive(Debug, Default)]
 pub struct Agents {
@@ -61,7 +51,7 @@ pub struct Agents {
     launched: HashMap<ProcKey, Arc<str>>,
     cache: HashMap<ProcKey, Option<Arc<str>>>,
     /// sha256 of executables, by identity of the file (measured once per version of the file).
-    exe_hashes: HashMap<FileKey, String>,
+    exe_hashes: HashMap<FileVersion, String>,
     names: HashMap<String, Arc<str>>,
 }
 
@@ -186,30 +176,11 @@ impl Agents {
         if md.len() > MAX_HASHED_EXE {
             return None;
         }
-        let key = FileKey {
-            dev: md.dev(),
-            ino: md.ino(),
-            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-            size: md.len(),
-        };
+        let key = FileVersion::of(&md);
         if let Some(h) = self.exe_hashes.get(&key) {
             return Some(h.clone());
         }
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return None,
-            }
-        }
-        let hex: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = sha256_hex(&mut file, 64 * 1024).ok()?;
         if self.exe_hashes.len() >= 4096 {
             self.exe_hashes.clear();
         }

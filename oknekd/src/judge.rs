@@ -585,31 +585,11 @@ impl Judge {
     /// Authorises a model call before it is made (asked by the model gateway). Every call is
     /// recorded: when no rule fires, an allow bundle says so.
     fn model_call(&mut self, call: control::ModelCallRequest) -> Response {
-        let mut process = match self.identities.get(call.pid) {
+        let process = match self.gateway_caller(call.pid) {
             Ok(p) => p,
             Err(e) => return Response::err(format!("caller pid {}: {e}", call.pid)),
         };
-        if process.exe_sha256.is_none() {
-            process.exe_sha256 = self.agents.exe_hash(call.pid, Path::new(&process.exe));
-        }
-        process.agent = self.agents.agent_of(call.pid).map(|a| a.to_string());
-        let dest = call
-            .dest
-            .as_deref()
-            .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
-            .map(SockAddr::from);
-        let event = Event {
-            time: self.clock_now(),
-            source: Mechanism::Gateway,
-            process,
-            action: Action::ModelCall {
-                provider: call.provider,
-                model: call.model,
-                api: call.api,
-                dest,
-                weights: None,
-            },
-        };
+        let event = self.gateway_call(process, call.provider, call.model, call.api, call.dest);
         let (verdict, fired) = if event.agent().is_some() {
             self.decide_full(&event, true)
         } else {
@@ -635,6 +615,41 @@ impl Judge {
                 "unit": event.process.unit,
             },
         }))
+    }
+
+    /// The process behind a gateway connection, measured: executable hash and agent.
+    pub(crate) fn gateway_caller(&mut self, pid: u32) -> Result<oknek_event::Process, String> {
+        let mut process = self.identities.get(pid).map_err(|e| e.to_string())?;
+        if process.exe_sha256.is_none() {
+            process.exe_sha256 = self.agents.exe_hash(pid, Path::new(&process.exe));
+        }
+        process.agent = self.agents.agent_of(pid).map(|a| a.to_string());
+        Ok(process)
+    }
+
+    /// The `model_call` event of a request the gateway reports (`dest` as `ip:port`).
+    pub(crate) fn gateway_call(
+        &self,
+        process: oknek_event::Process,
+        provider: String,
+        model: Option<String>,
+        api: Option<String>,
+        dest: Option<String>,
+    ) -> Event {
+        Event {
+            time: self.clock_now(),
+            source: Mechanism::Gateway,
+            process,
+            action: Action::ModelCall {
+                provider,
+                model,
+                api,
+                dest: dest
+                    .and_then(|d| d.parse::<std::net::SocketAddr>().ok())
+                    .map(SockAddr::from),
+                weights: None,
+            },
+        }
     }
 
     /// The time model calls are judged at; tests pin it (`OKNEK_TEST_CLOCK`, unix seconds, in

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod expand;
+pub mod filehash;
 pub mod hook;
 pub mod judge;
 pub mod kernel;

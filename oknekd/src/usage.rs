@@ -7,10 +7,8 @@
 //! bundle per report (rule id [`MODEL_USAGE_RULE`], verdict allow), with the quotas' states after
 //! the charge. A tokens quota's rule fires on the next call once its bucket is overspent.
 
-use std::path::Path;
-
 use oknek_engine::EvalContext;
-use oknek_event::{Action, Event, Mechanism, Process, SockAddr, Verdict};
+use oknek_event::{Process, Verdict};
 use serde_json::{Value, json};
 
 use crate::control::{CallerEcho, ModelUsageRequest, Response};
@@ -26,18 +24,7 @@ impl Judge {
             Ok(p) => p,
             Err(e) => return Response::err(e),
         };
-        let event = Event {
-            time: self.clock_now(),
-            source: Mechanism::Gateway,
-            process,
-            action: Action::ModelCall {
-                provider: usage.provider,
-                model: usage.model,
-                api: usage.api,
-                dest: usage.dest.as_deref().and_then(sock_addr),
-                weights: None,
-            },
-        };
+        let event = self.gateway_call(process, usage.provider, usage.model, usage.api, usage.dest);
         let tokens = match (usage.input_tokens, usage.output_tokens) {
             (None, None) => None,
             (input, output) => Some(input.unwrap_or(0).saturating_add(output.unwrap_or(0))),
@@ -86,20 +73,16 @@ impl Judge {
     /// otherwise the identity the `model_call` answer gave (the process may have exited since;
     /// its usage is charged all the same).
     fn usage_caller(&mut self, usage: &ModelUsageRequest) -> Result<Process, String> {
-        let live = self.identities.get(usage.pid).ok().filter(|p| {
+        let live = self.gateway_caller(usage.pid).ok().filter(|p| {
             usage
                 .caller
                 .as_ref()
                 .is_none_or(|c| c.uid == p.uid && c.exe == p.exe)
         });
-        if let Some(mut process) = live {
-            if process.exe_sha256.is_none() {
-                process.exe_sha256 = self.agents.exe_hash(usage.pid, Path::new(&process.exe));
-            }
-            process.agent = self.agents.agent_of(usage.pid).map(|a| a.to_string());
-            if process.agent.is_some() || usage.agent.is_none() {
-                return Ok(process);
-            }
+        if let Some(process) = live
+            && (process.agent.is_some() || usage.agent.is_none())
+        {
+            return Ok(process);
         }
         match &usage.caller {
             Some(caller) => Ok(echoed(usage.pid, caller, usage.agent.clone())),
@@ -122,10 +105,4 @@ fn echoed(pid: u32, caller: &CallerEcho, agent: Option<String>) -> Process {
         agent,
         ..Process::default()
     }
-}
-
-fn sock_addr(dest: &str) -> Option<SockAddr> {
-    dest.parse::<std::net::SocketAddr>()
-        .ok()
-        .map(SockAddr::from)
 }

@@ -8,38 +8,16 @@
 //! version (device, inode, size, modification time) is hashed once.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use sha2::{Digest, Sha256};
+use crate::filehash::{FileVersion, sha256_hex};
 
 /// Rule id of the bundle that records a weights file's hash.
 pub const WEIGHTS_HASH_RULE: &str = "oknek.weights_hash";
 /// Versions remembered; beyond, the table starts over (a file may then be hashed again).
 const MAX_REMEMBERED: usize = 4096;
-
-/// One version of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileVersion {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
-
-impl FileVersion {
-    pub fn of(md: &std::fs::Metadata) -> FileVersion {
-        FileVersion {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        }
-    }
-}
 
 /// A finished hash, for the bundle.
 #[derive(Debug, Clone)]
@@ -147,24 +125,12 @@ fn hash_file(path: &std::path::Path, version: FileVersion) -> Result<String, Str
     if FileVersion::of(&md) != version {
         return Err("the file changed before it could be hashed".into());
     }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    let hex = sha256_hex(&mut file, 1 << 20).map_err(|e| e.to_string())?;
     let after = file.metadata().map_err(|e| e.to_string())?;
     if FileVersion::of(&after) != version {
         return Err("the file changed while it was hashed".into());
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex)
 }
 
 #[cfg(test)]
