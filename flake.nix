@@ -48,6 +48,7 @@
       # host flags and hardening options that make no sense there.
       bpfBuildEnv = p: {
         CLANG = "${p.buildPackages.llvmPackages.clang-unwrapped}/bin/clang";
+        LLVM_STRIP = "${p.buildPackages.llvm}/bin/llvm-strip";
         OKNEK_BPF_INCLUDE = "${bpfIncludes p.buildPackages}";
       };
 

@@ -105,7 +105,8 @@ if [ "$mode" = source ]; then
     echo "$SOURCE_DATE_EPOCH" >"$tree/.source-date-epoch"
     mkdir -p "$tree/.cargo"
     # Versioned directory names match the registry's, so a vendored build remaps to the same paths.
-    (cd "$tree" && cargo vendor --locked --versioned-dirs vendor >"$tree/.cargo/config.toml")
+    # The vendoring config is appended: the tree's own .cargo/config.toml sets the SQLite flags.
+    (cd "$tree" && cargo vendor --locked --versioned-dirs vendor >>"$tree/.cargo/config.toml")
     (cd "$work" && pack "$out_dir/$name-src.tar.gz" "$name")
     echo "$out_dir/$name-src.tar.gz"
     exit 0

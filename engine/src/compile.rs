@@ -2120,6 +2120,9 @@ fn parse_cidr(s: &str) -> Result<Net, String> {
 fn compile_regex(pattern: &str) -> Result<Regex, (String, &'static str)> {
     const HINT: &str = "oknek regexes are linear-time (Rust regex syntax): no backreferences or \
                         look-around; anchor with ^…$";
+    // oknek is built without the regex crate's Unicode property tables (see Cargo.toml).
+    const UNICODE_HINT: &str = "Unicode property classes (\\p{…}) are not available; the Perl \
+                                classes \\w \\d \\s and (?i) are Unicode-aware";
     if pattern.len() > MAX_REGEX_LEN {
         return Err((
             format!(
@@ -2151,7 +2154,12 @@ fn compile_regex(pattern: &str) -> Result<Regex, (String, &'static str)> {
                     .trim()
                     .trim_start_matches("error: ")
                     .to_owned();
-                (format!("bad regex `{pattern}`: {reason}"), HINT)
+                let hint = if reason.contains("Unicode property") {
+                    UNICODE_HINT
+                } else {
+                    HINT
+                };
+                (format!("bad regex `{pattern}`: {reason}"), hint)
             }
         })
 }

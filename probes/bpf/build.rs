@@ -2,6 +2,10 @@
 //!
 //! The objects must be byte-reproducible: the compile runs from the source directory with
 //! relative file names and maps every prefix that depends on the checkout location.
+//!
+//! clang needs `-g` to emit BTF (CO-RE relocations depend on it); the DWARF sections that come
+//! with it are stripped afterwards (llvm-strip keeps .BTF and .BTF.ext), since they would only
+//! make the daemon bigger.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     let src_dir = manifest_dir.join("src/bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=LLVM_STRIP");
     println!("cargo:rerun-if-env-changed=OKNEK_BPF_INCLUDE");
     for header in HEADERS {
         println!("cargo:rerun-if-changed=src/bpf/{header}");
@@ -24,6 +29,7 @@ fn main() {
     }
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
+    let llvm_strip = env::var("LLVM_STRIP").unwrap_or_else(|_| "llvm-strip".to_owned());
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_owned());
     let (target_arch_define, multiarch) = match arch.as_str() {
         "x86_64" => ("__TARGET_ARCH_x86", "x86_64-linux-gnu"),
@@ -63,6 +69,17 @@ fn main() {
             )),
             Err(error) => fail(&format!(
                 "cannot run {clang} ({error}); install the Debian packages clang and libbpf-dev, or set CLANG"
+            )),
+        }
+        match Command::new(&llvm_strip)
+            .arg("--strip-debug")
+            .arg(&object)
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => fail(&format!("llvm-strip failed on {program}.bpf.o ({status})")),
+            Err(error) => fail(&format!(
+                "cannot run {llvm_strip} ({error}); install the Debian package llvm, or set LLVM_STRIP"
             )),
         }
     }
