@@ -35,12 +35,21 @@ step "NixOS module (nixos-module/tests/run.sh)" nixos-module/tests/run.sh
 
 # Real kernels under QEMU: the BPF LSM tier (which this machine's kernel refuses) and the preload
 # path on Debian 5.10, 6.1 and 6.12. Needs root (the kernel cache) and deb.debian.org once.
+# The appliance: two release builds compared byte for byte (one offline from the vendored
+# source tarball), then that release installed by install.sh into Debian 12 booted with systemd.
 if [ "$(id -u)" -eq 0 ]; then
     step "VM matrix (vm-tests/run.sh)" vm-tests/run.sh
+    release_dir=$(mktemp -d /tmp/oknek-test-release.XXXXXX)
+    step "reproducible release (scripts/repro-test.sh)" scripts/repro-test.sh --release-out "$release_dir"
+    step "systemd VM (vm-tests/systemd/run.sh)" vm-tests/systemd/run.sh --release "$release_dir"
+    rm -rf "$release_dir"
 else
-    echo
-    echo "==> VM matrix (vm-tests/run.sh)"
-    echo "skipped: needs root (kernel cache in /var/cache/oknek-vm, QEMU boots)"
+    for slow in "VM matrix (vm-tests/run.sh)" "reproducible release (scripts/repro-test.sh)" \
+        "systemd VM (vm-tests/systemd/run.sh)"; do
+        echo
+        echo "==> $slow"
+        echo "skipped: needs root (kernel cache in /var/cache/oknek-vm, QEMU boots, debootstrap)"
+    done
 fi
 
 echo

@@ -41,7 +41,8 @@ before=$(state_hash)
 if bash "$dir/tampered/install.sh" --pubkey "$dir/test.pub" "$dir/tampered" >/tmp/tampered.log 2>&1; then
     fail "install.sh accepted a tampered release"
 else
-    grep -q 'REFUSED' /tmp/tampered.log && pass "tampered release refused: $(grep REFUSED /tmp/tampered.log | head -1)"
+    check "tampered release refused: $(grep -m1 REFUSED /tmp/tampered.log || echo 'no REFUSED line')" \
+        grep -q 'REFUSED' /tmp/tampered.log
 fi
 check "refusal changed nothing" [ "$before" = "$(state_hash)" ]
 check "no oknek binary after refusal" [ ! -e /usr/local/bin/oknek ]
@@ -59,7 +60,7 @@ else
     sed 's/^/OKNEK-VM:   /' /tmp/install.log | tail -30
     journalctl -u oknekd --no-pager | tail -30 | sed 's/^/OKNEK-VM:   /'
 fi
-grep -q 'kernel ' /tmp/install.log && pass "oknek doctor was printed"
+check "oknek doctor was printed" grep -q 'kernel ' /tmp/install.log
 check "oknekd is active (READY received)" wait_active oknekd.service 5
 check "oknekd is enabled" systemctl -q is-enabled oknekd.service
 check "host key exists, 0600" [ "$(stat -c %a /var/lib/oknek/host.key 2>/dev/null)" = 600 ]

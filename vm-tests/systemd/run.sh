@@ -79,15 +79,15 @@ if [ -z "$release_in" ]; then
     }
     release_in=$work/dist
 fi
-target=${CARGO_TARGET_DIR:-$repo/target}
-oknek_host=$target/x86_64-unknown-linux-musl/release/oknek
-[ -x "$oknek_host" ] || oknek_host=$(command -v oknek || true)
-[ -n "$oknek_host" ] || { echo "run.sh: no oknek binary to sign with" >&2; exit 1; }
-
 test_dir=$work/oknek-test
 mkdir -p "$test_dir/release"
 cp "$release_in"/SHA256SUMS "$release_in"/oknek-*.tar.gz "$release_in"/install.sh "$test_dir/release/"
 version=$(sed -n 's/.*oknek-rules-\(.*\)\.tar\.gz$/\1/p' "$test_dir/release/SHA256SUMS")
+[ -n "$version" ] || { echo "run.sh: no rule pack in $release_in/SHA256SUMS" >&2; exit 1; }
+# The release's own (static) CLI signs it.
+tar -xzf "$test_dir/release/oknek-$version-x86_64-linux.tar.gz" -C "$work" \
+    "oknek-$version-x86_64-linux/bin/oknek"
+oknek_host=$work/oknek-$version-x86_64-linux/bin/oknek
 "$oknek_host" sign --generate --key "$work/test.key" --pubkey "$test_dir/test.pub" >/dev/null
 (cd "$test_dir/release" && "$oknek_host" sign --key "$work/test.key" --version "$version" \
     SHA256SUMS oknek-*.tar.gz install.sh >/dev/null)
