@@ -619,12 +619,21 @@ impl Judge {
 
     /// The process behind a gateway connection, measured: executable hash and agent.
     pub(crate) fn gateway_caller(&mut self, pid: u32) -> Result<oknek_event::Process, String> {
-        let mut process = self.identities.get(pid).map_err(|e| e.to_string())?;
+        let process = self.identities.get(pid).map_err(|e| e.to_string())?;
+        Ok(self.measured(pid, process))
+    }
+
+    /// `process` (of `pid`) with its executable hash and agent filled in.
+    pub(crate) fn measured(
+        &mut self,
+        pid: u32,
+        mut process: oknek_event::Process,
+    ) -> oknek_event::Process {
         if process.exe_sha256.is_none() {
             process.exe_sha256 = self.agents.exe_hash(pid, Path::new(&process.exe));
         }
         process.agent = self.agents.agent_of(pid).map(|a| a.to_string());
-        Ok(process)
+        process
     }
 
     /// The `model_call` event of a request the gateway reports (`dest` as `ip:port`).

@@ -73,12 +73,14 @@ impl Judge {
     /// otherwise the identity the `model_call` answer gave (the process may have exited since;
     /// its usage is charged all the same).
     fn usage_caller(&mut self, usage: &ModelUsageRequest) -> Result<Process, String> {
-        let live = self.gateway_caller(usage.pid).ok().filter(|p| {
+        // Only the process the gateway saw is measured (its pid may have been reused since).
+        let live = self.identities.get(usage.pid).ok().filter(|p| {
             usage
                 .caller
                 .as_ref()
                 .is_none_or(|c| c.uid == p.uid && c.exe == p.exe)
         });
+        let live = live.map(|p| self.measured(usage.pid, p));
         if let Some(process) = live
             && (process.agent.is_some() || usage.agent.is_none())
         {
